@@ -1,0 +1,45 @@
+# Two entry points do all setup on a fresh machine:
+#   make demo   - a demo game with auditing on (SQLite, 127.0.0.1), a scripted player, the trail printed
+#   make test   - the whole suite on Python 3.11/Evennia 5.x and Python 3.12/Evennia 6.x
+# Everything is built under .venv/ and .build/ (both git-ignored); `make clean` removes them.
+
+PY311 ?= python3.11
+PY312 ?= python3.12
+export PYENV_VERSION ?= 3.12.1:3.11.7
+BUILD := $(CURDIR)/.build
+TESTS ?= auditing
+
+.PHONY: test test-py311 test-py312 demo demo-stop bench clean system-deps
+
+test: system-deps
+	@$(MAKE) --no-print-directory test-py311
+	@$(MAKE) --no-print-directory test-py312
+	@echo "make test: both interpreters passed"
+
+# rsyslogd is a real peer of the syslog tests (started and stopped by the tests themselves).
+system-deps:
+	@command -v rsyslogd >/dev/null 2>&1 || command -v /usr/sbin/rsyslogd >/dev/null 2>&1 || \
+	  { echo "installing rsyslog (Debian package) for the syslog tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rsyslog >/dev/null; }
+
+.venv/%/.installed: pyproject.toml
+	@tools/mkvenv "$*" "$(if $(filter py311,$*),$(PY311),$(PY312))" .venv/$*
+	@touch $@
+
+test-py311: .venv/py311/.installed
+	@tools/run-tests .venv/py311 $(BUILD)/py311 $(TESTS)
+
+test-py312: .venv/py312/.installed
+	@tools/run-tests .venv/py312 $(BUILD)/py312 $(TESTS)
+
+demo: .venv/py311/.installed
+	@.venv/py311/bin/python -m auditing.demo run --dir $(CURDIR)/demo
+
+demo-stop:
+	@.venv/py311/bin/python -m auditing.demo stop --dir $(CURDIR)/demo
+
+bench: .venv/py311/.installed
+	@.venv/py311/bin/python bench/bench.py
+
+clean:
+	rm -rf .venv .build demo

@@ -1,0 +1,263 @@
+"""
+Events: captured on the game thread, built into dicts on the writer thread.
+
+`capture()` is the only part that runs in Evennia's reactor thread, so it does only what cannot wait:
+it takes the time, the connection's id and sequence number and references to the account, puppet and
+room *as they are now*, and a shallow snapshot of the keyword arguments (Evennia mutates the inner
+dicts after we see them). Everything else (names, text flattening, scrubbing, the dict itself) is
+`build()`'s work on the writer thread.
+
+The dict keeps every key of Evennia's contrib so callbacks written for it keep working, and adds
+`v` (format version), `kind`, `conn` (connection id) and `seq` (per-connection sequence number).
+"""
+
+import datetime
+import itertools
+import os
+import time
+
+from . import FORMAT_VERSION
+from .scrub import MASK
+
+RCV = "RCV"  # client -> game
+SND = "SND"  # game -> client
+
+_UTC = datetime.timezone.utc
+_SPARSE_EMPTY = (None, "", [], {}, ())
+
+# ---------------------------------------------------------------- connection ids
+
+_conn_prefix = f"{int(time.time()):x}{os.getpid():x}"
+_conn_counter = itertools.count(1)
+
+
+def new_connection_id():
+    """A connection id unique across server restarts: start time, pid and a counter."""
+    return f"{_conn_prefix}-{next(_conn_counter)}"
+
+
+# Sessions that existed before an `evennia reload` get their connection id and sequence back from
+# here (filled by `auditing.lifecycle` from the file the previous server process left).
+carried_over = {}
+
+
+def _connection_of(session):
+    key = (session.sessid, session.protocol_key, str(session.address))
+    conn, seq = carried_over.pop(key, (None, 0))
+    session.audit_conn = conn or new_connection_id()
+    session.audit_seq = seq
+    return session.audit_conn
+
+
+# ---------------------------------------------------------------- game thread
+
+
+def _snapshot(kwargs):
+    """Copy what Evennia may mutate after the call: the top dict and each command's kwargs dict."""
+    copied = {}
+    for key, value in kwargs.items():
+        if type(value) in (tuple, list) and len(value) == 2 and type(value[1]) is dict:
+            value = (value[0], dict(value[1]))
+        copied[key] = value
+    return copied
+
+
+def capture(session, direction, kwargs, kind="io", now=time.time):
+    """Everything `build()` needs that could change before the writer gets to it. Game thread."""
+    conn = session.audit_conn or _connection_of(session)
+    seq = session.audit_seq = session.audit_seq + 1
+    if session.logged_in:
+        account = session.account
+        puppet = session.puppet
+        room = puppet.location if puppet is not None else None
+    else:
+        account = puppet = room = None
+    return (now(), kind, direction, session, conn, seq, account, puppet, room, _snapshot(kwargs))
+
+
+# ---------------------------------------------------------------- writer thread
+
+
+def iso_time(timestamp):
+    """ISO 8601 UTC with microseconds and a Z: 2026-11-27T07:40:12.123456Z."""
+    whole = int(timestamp)
+    micro = int(round((timestamp - whole) * 1_000_000))
+    if micro == 1_000_000:
+        whole, micro = whole + 1, 0
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{micro:06d}Z"
+
+
+def _token(obj):
+    """`name#dbref` like the contrib; never raises (a deleted object gives its repr)."""
+    if obj is None:
+        return ""
+    try:
+        return f"{obj.key}{obj.dbref}"
+    except Exception:
+        return repr(obj)
+
+
+def _ip(address):
+    if isinstance(address, (tuple, list)):
+        address = address[0] if address else ""
+    return "" if address is None else str(address)
+
+
+def flatten_text(value):
+    """The strings carried by a `text` argument, in order (nested lists; dicts are options)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, bytes):
+        return [value.decode("utf-8", "replace")]
+    if isinstance(value, dict):
+        return []
+    if isinstance(value, (list, tuple)):
+        strings = []
+        for item in value:
+            strings.extend(flatten_text(item))
+        return strings
+    return [str(value)]
+
+
+def split_text(kwargs):
+    """Pop `text` from kwargs: (list of strings, the text's own option dict or None)."""
+    value = kwargs.pop("text", None)
+    options = None
+    if isinstance(value, (tuple, list)) and len(value) == 2 and isinstance(value[1], dict):
+        value, options = value
+    return flatten_text(value), (options or None)
+
+
+def sparse(record):
+    """Drop keys whose value is None or empty ("", [], {}); keep 0 and False."""
+    return {key: value for key, value in record.items() if value not in _SPARSE_EMPTY}
+
+
+class Builder:
+    """Turns captured tuples into finished, scrubbed event dicts.
+
+    Args:
+        config (conf.AuditConfig): host name, version etc. are taken from it once.
+        scrubber (scrub.Scrubber): the masking rules.
+    """
+
+    def __init__(self, config, scrubber):
+        self.config = config
+        self.scrubber = scrubber
+        self.states = {}  # conn -> scrub.ConnectionScrubState
+        from .scrub import ConnectionScrubState
+
+        self._new_state = ConnectionScrubState
+
+    def state(self, conn):
+        state = self.states.get(conn)
+        if state is None:
+            if len(self.states) > 50_000:  # connections that never said goodbye
+                self.states.clear()
+            state = self.states[conn] = self._new_state()
+        return state
+
+    def forget(self, conn):
+        self.states.pop(conn, None)
+
+    def build(self, captured):
+        """The event dict for one captured tuple (see `capture`)."""
+        when, kind, direction, session, conn, seq, account, puppet, room, kwargs = captured
+        config = self.config
+        kwargs = dict(kwargs)
+        strings, text_options = split_text(kwargs)
+        state = self.state(conn)
+        text, masked = self._scrub_text(direction, strings, kwargs, text_options, state, when, session)
+        data = kwargs
+        if text_options:
+            data = dict(kwargs, text_options=text_options)
+        data, data_labels = self.scrubber.data(
+            data,
+            self.scrubber.command if direction == RCV else self.scrubber.output,
+        )
+        masked.extend(label for label in data_labels if label not in masked)
+        event = {
+            "v": FORMAT_VERSION,
+            "kind": kind,
+            "time": iso_time(when),
+            "hostname": config.hostname,
+            "application": config.application,
+            "version": config.version,
+            "pid": config.pid,
+            "direction": direction,
+            "protocol": getattr(session, "protocol_key", ""),
+            "ip": _ip(getattr(session, "address", "")),
+            "session": f"session#{getattr(session, 'sessid', '')}",
+            "conn": conn,
+            "seq": seq,
+            "account": _token(account),
+            "character": _token(puppet),
+            "room": _token(room),
+            "text": text.strip(),
+            "bytes": len(text.strip().encode("utf-8")),
+            "data": data,
+            "masked": masked,
+            "objects": {
+                "time": datetime.datetime.fromtimestamp(when, _UTC),
+                "session": session,
+                "account": account,
+                "character": puppet,
+                "room": room,
+            },
+        }
+        if not config.allow_sparse:
+            event["data"] = sparse(data) if isinstance(data, dict) else data
+            event["objects"] = sparse(event["objects"])
+            event = sparse(event)
+        return event
+
+    def _scrub_text(self, direction, strings, kwargs, text_options, state, when, session):
+        scrubber = self.scrubber
+        masked = []
+        logged_in = bool(getattr(session, "logged_in", True))
+        if direction == RCV:
+            if strings and state.armed_by:
+                # The last output asked for a password (or hid the echo): this line is the answer.
+                masked.append(state.armed_by)
+                state.armed_by = None
+                return MASK, masked
+            cleaned = []
+            for original in strings:
+                line, label = scrubber.command(original, logged_in)
+                if label:
+                    masked.append(label)
+                    state.remember(original, line, when)
+                cleaned.append(line)
+            return "|".join(cleaned), masked
+        cleaned = []
+        for original in strings:
+            line, label = scrubber.output(original, logged_in)
+            if label:
+                masked.append(label)
+            line, echo_label = state.untaint(line, when)
+            if echo_label and echo_label not in masked:
+                masked.append(echo_label)
+            cleaned.append(line)
+        text = "|".join(cleaned)
+        # Armed until the next input line, whatever other output comes first.
+        if _echo_off(kwargs, text_options):
+            state.armed_by = "echo_off"
+        elif text:
+            state.armed_by = scrubber.is_password_prompt(text) or state.armed_by
+        return text, masked
+
+
+def _echo_off(kwargs, text_options):
+    """Evennia hides what a player types with `echo=False` (telnet WILL ECHO / webclient)."""
+    options = kwargs.get("options")
+    for source in (text_options, options if isinstance(options, dict) else None):
+        if source and source.get("echo") is False:
+            return True
+    echo = kwargs.get("echo")
+    if echo is not None:
+        args = echo[0] if isinstance(echo, (tuple, list)) and echo else echo
+        if args is False or (isinstance(args, (list, tuple)) and args and args[0] is False):
+            return True
+    return False

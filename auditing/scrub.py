@@ -1,0 +1,355 @@
+"""
+Scrubbing: no password or other secret reaches a sink, in any field, in any direction.
+
+Input lines are recognised the way Evennia's command parser recognises them (an optional `@&/+`
+prefix, the command word, its arguments), so only the commands that carry a password are touched and
+`say connect bob hunter2` stays as typed. Output is scrubbed by the exact shapes of Evennia's messages
+that echo a password, anchored at both ends, so ordinary speech that merely contains those words is
+left alone. A secret's span is replaced by the fixed `MASK`, whatever its length.
+
+Worst case: every rule is a bounded number of `str.find`/`startswith` calls or one RE2 match, all
+linear in the line's length; there is no backtracking regex anywhere on this path (measured in
+`bench/bench.py`: a crafted 6,000-character line scrubs in microseconds).
+
+Per-connection state (`ConnectionScrubState`) adds two defences that need history:
+- taint: a secret masked in a connection's input is also masked wherever it reappears in that
+  connection's output for a while (a game command that echoes a password we have no rule for);
+- prompt arming: output that asks for a password (or turns the client's echo off) masks the next input
+  line of that connection whole (menu logins, EvMenu, `get_input`).
+"""
+
+import collections
+import re
+
+MASK = "********"
+
+# Keys of OOB/option dicts whose values are secrets, whatever the value looks like.
+SECRET_KEY = re.compile(r"pass(word|wd|phrase)?$|secret|token|api[_-]?key|credential", re.I)
+
+# Evennia strips one of these before matching a command (settings.CMD_IGNORE_PREFIXES).
+_IGNORE_PREFIXES = "@&/+"
+_CONNECT = ("connect", "conn", "con", "co")
+_CREATE = ("create", "cre", "cr")
+_TYPO_MAX_DISTANCE = 2
+_TAINT_MIN_LENGTH = 4  # shorter "secrets" would mask ordinary letters in the output
+_TAINT_MAX = 4  # secrets remembered per connection
+_TAINT_TTL = 300.0  # seconds a masked input secret is also masked in that connection's output
+
+# Output that asks for a password: the next input line of that connection is masked whole.
+BUILTIN_PROMPTS = (
+    # The question ends the message (so speech, which ends in a closing quote, cannot arm it):
+    # "Enter the password for account bob (empty to abort):", "Password:", "Enter a new password:",
+    # "Type your passphrase again?", "API key:"
+    (
+        "password_prompt",
+        re.compile(
+            r"(pass(word|phrase|wd)|\bpin|secret( key)?|api[ _-]?key|access token)[^\n\"']{0,80}[:?>]\s*(\|[nN/]\s*)*$",
+            re.I,
+        ),
+    ),
+)
+
+
+def osa_distance(a, b, limit=_TYPO_MAX_DISTANCE):
+    """Optimal string alignment distance (edits incl. transpositions), `limit + 1` if above limit."""
+    if abs(len(a) - len(b)) > limit:
+        return limit + 1
+    previous2 = None
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i] + [0] * len(b)
+        for j, cb in enumerate(b, 1):
+            cost = ca != cb
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + cost)
+            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                current[j] = min(current[j], previous2[j - 2] + 1)
+        if min(current) > limit:
+            return limit + 1
+        previous2, previous = previous, current
+    return previous[-1]
+
+
+def _is_typo_of(word, name, min_length):
+    return (
+        len(word) >= min_length
+        and word[0] == name[0]
+        and osa_distance(word, name) <= _TYPO_MAX_DISTANCE
+    )
+
+
+def _split_command(line):
+    """Return (prefix_end, word, args_start) the way Evennia's parser sees a command line."""
+    start = len(line) - len(line.lstrip())
+    if start < len(line) and line[start] in _IGNORE_PREFIXES:
+        start += 1
+    end = start
+    length = len(line)
+    while end < length and not line[end].isspace() and line[end] != '"':
+        end += 1
+    return start, line[start:end].lower(), end
+
+
+def _mask_name_and_secret(line, args_start, label):
+    """`connect NAME SECRET` / `create NAME SECRET`: keep the account name, mask the rest.
+
+    Mirrors CmdUnconnectedConnect's parsing: a quoted name ends at its closing quote, an unquoted
+    one at the first space or quote. A lone argument may be a password typed without a name, so it
+    is masked too (except the guest login).
+    """
+    rest = line[args_start:]
+    stripped = rest.lstrip()
+    if not stripped:
+        return line, None
+    offset = args_start + len(rest) - len(stripped)
+    if stripped[0] == '"':
+        close = stripped.find('"', 1)
+        name_end = len(stripped) if close < 0 else close + 1
+    else:
+        name_end = 0
+        while (
+            name_end < len(stripped)
+            and not stripped[name_end].isspace()
+            and stripped[name_end] != '"'
+        ):
+            name_end += 1
+    secret = stripped[name_end:].strip()
+    if secret:
+        return line[: offset + name_end] + " " + MASK, label
+    if stripped.strip().lower() == "guest":
+        return line, None
+    return line[:offset] + MASK, label
+
+
+def _mask_after(line, start, label):
+    """Mask everything after `start` (if there is anything)."""
+    if not line[start:].strip():
+        return line, None
+    return line[:start].rstrip() + " " + MASK, label
+
+
+def _mask_userpassword(line, args_start, label):
+    """`userpassword ACCOUNT = SECRET`: keep the account, mask the new password."""
+    equals = line.find("=", args_start)
+    if equals >= 0:
+        return _mask_after(line, equals + 1, label)
+    name = _mask_name_and_secret(line, args_start, label)
+    return name
+
+
+class Scrubber:
+    """Stateless scrubbing rules: Evennia's built-in ones plus the game's `AUDIT_MASKS`.
+
+    Args:
+        user_masks (tuple): `conf.UserMask` entries (RE2-compiled, with a `secret` group).
+        prompt_masks (tuple): `conf.UserMask` entries that recognise password prompts.
+    """
+
+    def __init__(self, user_masks=(), prompt_masks=()):
+        self.user_masks = tuple(user_masks)
+        self.prompts = BUILTIN_PROMPTS + tuple((m.label, m.regex) for m in prompt_masks)
+
+    # ---------------------------------------------------------------- input
+
+    def command(self, line, logged_in=True):
+        """Scrub one input line. Returns (text, label or None)."""
+        if "\n" in line or "\r" in line:
+            return self._each_line(line, lambda part: self.command(part, logged_in))
+        start, word, args_start = _split_command(line)
+        if word:
+            masked, label = self._builtin_command(line, start, word, args_start, logged_in)
+            if label:
+                return masked, label
+        return self._user_masks(line)
+
+    def _builtin_command(self, line, start, word, args_start, logged_in):
+        # password/userpassword have no arg_regex in Evennia: `passwordX` runs `password X`.
+        if word.startswith("userpassword"):
+            return _mask_userpassword(line, start + len("userpassword"), "userpassword")
+        if word.startswith(("password", "passwd")):
+            key_length = len("password") if word.startswith("password") else len("passwd")
+            return _mask_after(line, start + key_length, "password")
+        if word in _CONNECT:
+            return _mask_name_and_secret(line, args_start, "connect")
+        if word in _CREATE and not logged_in:
+            # Logged in, `create`/`@create` is the builder command: object names, not passwords.
+            return _mask_name_and_secret(line, args_start, "create")
+        if not logged_in and len(word) <= 16:
+            # Typos of the login commands still carry a password ("conect bob hunter2"); only
+            # before login, when no speech command exists that this could hide.
+            if _is_typo_of(word, "connect", 5):
+                return _mask_name_and_secret(line, args_start, "connect")
+            if _is_typo_of(word, "create", 5):
+                return _mask_name_and_secret(line, args_start, "create")
+        if len(word) <= 16 and _is_typo_of(word, "password", 6):
+            return _mask_after(line, args_start, "password")
+        if 10 <= len(word) <= 16 and _is_typo_of(word, "userpassword", 10):
+            return _mask_userpassword(line, args_start, "userpassword")
+        return line, None
+
+    def _user_masks(self, text):
+        for mask in self.user_masks:
+            match = mask.regex.match(text)
+            if match is not None:
+                begin, end = match.span(mask.secret_group)
+                if begin >= 0 and end > begin:
+                    return text[:begin] + MASK + text[end:], mask.label
+        return text, None
+
+    @staticmethod
+    def _each_line(text, scrub_line):
+        labels = []
+        parts = re.split(r"(\r\n|\r|\n)", text)
+        for index in range(0, len(parts), 2):
+            parts[index], label = scrub_line(parts[index])
+            if label:
+                labels.append(label)
+        return "".join(parts), (labels[0] if labels else None)
+
+    # ---------------------------------------------------------------- output
+
+    def output(self, text, logged_in=True):
+        """Scrub one output message (Evennia's echoes of a password). Returns (text, label or None)."""
+        for rule in (_create_confirmation, _new_password_set, _password_changed_by, _not_available):
+            text, label = rule(self, text, logged_in)
+            if label:
+                return text, label
+        return self._user_masks(text)
+
+    def is_password_prompt(self, text):
+        """The label of the prompt rule this output matches, or None."""
+        tail = text[-400:]  # a prompt is the end of what was sent; keeps the cost flat
+        for label, regex in self.prompts:
+            if regex.search(tail):
+                return label
+        return None
+
+    # ---------------------------------------------------------------- data
+
+    def data(self, value, scrub_text, depth=0):
+        """Scrub OOB command arguments and options: secret-named keys, and every string."""
+        labels = []
+
+        def walk(item, level):
+            if isinstance(item, str):
+                text, label = scrub_text(item)
+                if label:
+                    labels.append(label)
+                return text
+            if level > 16:
+                return MASK  # pathological nesting: nothing this deep is worth the risk
+            if isinstance(item, dict):
+                cleaned = {}
+                for key, val in item.items():
+                    if isinstance(key, str) and SECRET_KEY.search(key) and val not in (None, ""):
+                        labels.append("secret_key")
+                        cleaned[key] = MASK
+                    else:
+                        cleaned[key] = walk(val, level + 1)
+                return cleaned
+            if isinstance(item, (list, tuple)):
+                return [walk(sub, level + 1) for sub in item]
+            if isinstance(item, bytes):
+                return walk(item.decode("utf-8", "replace"), level + 1)
+            return item
+
+        return walk(value, depth), labels
+
+
+def _between_markers(text, head, middle, tail_marks):
+    """Span of the secret in `head ... middle SECRET tail` where text starts with head and ends with
+    one of tail_marks (after trailing whitespace). None if the shape does not match."""
+    if not text.startswith(head) and head:
+        return None
+    stripped = text.rstrip()
+    at = text.find(middle, len(head))
+    if at < 0:
+        return None
+    start = at + len(middle)
+    for tail in tail_marks:
+        if stripped.endswith(tail) and len(stripped) - len(tail) >= start:
+            return start, len(stripped) - len(tail)
+    return None
+
+
+def _replace(text, span, label):
+    return text[: span[0]] + MASK + text[span[1]:], label
+
+
+def _create_confirmation(scrubber, text, logged_in):
+    # CmdUnconnectedCreate: "You want to create an account 'NAME' with password 'PW'.\nIs this ...?"
+    if not text.startswith("You want to create an account '"):
+        return text, None
+    first_line, newline, rest = text.partition("\n")
+    span = _between_markers(first_line, "", "' with password '", ("'.",))
+    if span is None:
+        return text, None
+    masked, label = _replace(first_line, span, "create")
+    return masked + newline + rest, label
+
+
+def _new_password_set(scrubber, text, logged_in):
+    # CmdNewPassword to the admin: "NAME - new password set to 'PW'."
+    at = text.find(" - new password set to '")
+    if at < 0:
+        return text, None
+    span = _between_markers(text, "", " - new password set to '", ("'.",))
+    return _replace(text, span, "userpassword") if span else (text, None)
+
+
+def _password_changed_by(scrubber, text, logged_in):
+    # CmdNewPassword to the account: "ADMIN has changed your password to 'PW'."
+    at = text.find(" has changed your password to '")
+    if at < 0:
+        return text, None
+    span = _between_markers(text, "", " has changed your password to '", ("'.",))
+    return _replace(text, span, "userpassword") if span else (text, None)
+
+
+_NOT_AVAILABLE = (("Command '", "' is not available"), ("Command \\'", "\\' is not available"))
+
+
+def _not_available(scrubber, text, logged_in):
+    # The command handler echoes an unknown command line back: "Command 'LINE' is not available."
+    for head, tail in _NOT_AVAILABLE:
+        start = text.find(head)
+        if start < 0:
+            continue
+        inner_start = start + len(head)
+        inner_end = text.find(tail, inner_start)
+        if inner_end < 0:
+            continue
+        inner = text[inner_start:inner_end]
+        masked, label = scrubber.command(inner.replace("\\", ""), logged_in)
+        if label:
+            return text[:inner_start] + masked + text[inner_end:], label
+    return text, None
+
+
+class ConnectionScrubState:
+    """What the writer remembers about one connection to scrub its next records."""
+
+    __slots__ = ("taints", "armed_by")
+
+    def __init__(self):
+        self.taints = collections.deque(maxlen=_TAINT_MAX)  # (secret, expires_at)
+        self.armed_by = None  # label of the prompt rule that will mask the next input line
+
+    def remember(self, original, masked_text, now):
+        """Record the secret(s) an input line lost to masking, for output taint checks."""
+        # The secret is what the mask replaced: recover it by aligning original and masked text.
+        head = masked_text.find(MASK)
+        if head < 0:
+            return
+        tail_length = len(masked_text) - head - len(MASK)
+        secret = original[head : len(original) - tail_length].strip()
+        if len(secret) >= _TAINT_MIN_LENGTH:
+            self.taints.append((secret, now + _TAINT_TTL))
+
+    def untaint(self, text, now):
+        """Mask remembered secrets of this connection wherever they reappear in output."""
+        label = None
+        for secret, expires_at in self.taints:
+            if expires_at >= now and secret in text:
+                text = text.replace(secret, MASK)
+                label = "echo"
+        return text, label
