@@ -24,6 +24,8 @@ SND = "SND"  # game -> client
 
 _UTC = datetime.timezone.utc
 _SPARSE_EMPTY = (None, "", [], {}, ())
+# Several strings in one `text` become lines (the contrib used "|", which collides with colour codes).
+TEXT_JOIN = "\n"
 
 # ---------------------------------------------------------------- connection ids
 
@@ -92,7 +94,8 @@ def _token(obj):
     if obj is None:
         return ""
     try:
-        return f"{obj.key}{obj.dbref}"
+        dbref = obj.dbref
+        return f"{obj.key}{dbref}" if dbref else str(obj.key)
     except Exception:
         return repr(obj)
 
@@ -230,7 +233,7 @@ class Builder:
                     masked.append(label)
                     state.remember(original, line, when)
                 cleaned.append(line)
-            return "|".join(cleaned), masked
+            return TEXT_JOIN.join(cleaned), masked
         cleaned = []
         for original in strings:
             line, label = scrubber.output(original, logged_in)
@@ -240,7 +243,7 @@ class Builder:
             if echo_label and echo_label not in masked:
                 masked.append(echo_label)
             cleaned.append(line)
-        text = "|".join(cleaned)
+        text = TEXT_JOIN.join(cleaned)
         # Armed until the next input line, whatever other output comes first.
         if _echo_off(kwargs, text_options):
             state.armed_by = "echo_off"

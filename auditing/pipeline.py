@@ -278,50 +278,68 @@ class Pipeline:
         pending = self._pending
         for when, event in events:
             event.pop("objects", None)
-            pending.append((when, serialize(event)))
-        overfull = len(pending) - self.capacity
-        if overfull > 0:
-            first = pending[0][0]
-            for _ in range(overfull):
-                last = pending.popleft()[0]
-            self.loss.add(overfull, first, last, self.loss.cause or "sink unavailable")
+            pending.append((when, serialize(event), 0))
         now = self.clock()
+        if not self.loss.failing:
+            self._queue_loss_record(now)
+        self._trim_pending()
         if now < self._retry_at and not self._stopping:
             return
-        loss_record = self.loss.take_record(self.config, now) if not self.loss.failing else None
-        self._write_pending(loss_record, now)
+        self._write_pending(now)
 
-    def _write_pending(self, loss_record, now):
-        pending = self._pending
-        records = [record for _, record in pending]
-        times = [when for when, _ in pending]
-        if loss_record is not None:
-            records.insert(0, serialize(loss_record))
-            times.insert(0, now)
-        if not records:
+    def _queue_loss_record(self, now):
+        record = self.loss.take_record(self.config, now)
+        if record is not None:
+            self._pending.append((now, serialize(record), record["lost"]))
+
+    def _trim_pending(self):
+        """Give up the oldest undelivered records beyond the cap (counted, with their times)."""
+        overfull = len(self._pending) - self.capacity
+        if overfull <= 0:
             return
+        first = self._pending[0][0]
+        given_up = 0
+        for _ in range(overfull):
+            last, _record, lost_in_loss_record = self._pending.popleft()
+            # A loss record given up takes its count back into the tracker, never out of the books.
+            given_up += lost_in_loss_record or 1
+        self.loss.add(given_up, first, last, self.loss.cause or "sink unavailable")
+
+    def _write_pending(self, now):
+        pending = self._pending
+        if not pending:
+            return
+        records = [record for _, record, _ in pending]
         from .sinkbase import SinkError
 
         try:
             if self._sink_takes_times:
-                self.sink.write(records, times)
+                self.sink.write(records, [when for when, _, _ in pending])
             else:
                 self.sink.write(records)
             self.sink.flush()
         except Exception as error:
             delivered = getattr(error, "delivered", 0) if isinstance(error, SinkError) else 0
             cause = getattr(error, "cause", None) or f"{type(error).__name__}: {error}"
-            self._count_delivered(delivered - (loss_record is not None))
+            self._count_delivered(delivered)
+            rejected = getattr(error, "rejected", 0)
+            if rejected:
+                self._reject(rejected, cause)
             self._sink_failed(cause, now)
             return
-        self._count_delivered(len(records) - (loss_record is not None))
+        self._count_delivered(len(records))
         self._sink_recovered(now)
 
-    def _count_delivered(self, count):
-        count = max(count, 0)
+    def _reject(self, count, cause):
+        """Records the sink can never take (e.g. too large for a datagram): counted, not retried."""
         for _ in range(min(count, len(self._pending))):
+            when, _record, lost_in_loss_record = self._pending.popleft()
+            self.loss.add(lost_in_loss_record or 1, when, when, cause)
+
+    def _count_delivered(self, count):
+        for _ in range(min(max(count, 0), len(self._pending))):
             self._pending.popleft()
-        self.delivered += count
+            self.delivered += 1
 
     def _deliver_to_callback(self, events):
         callback = self.callback
@@ -356,25 +374,26 @@ class Pipeline:
             self._backoff = _BACKOFF_START
             self._retry_at = 0.0
             _log("info", f"audit output {self.config.callback_path} works again")
-            record = self.loss.take_record(self.config, now)
-            self.loss.cause = None  # the next episode names its own cause
-            if record is not None:
-                if self.sink is not None:
-                    self._write_pending(record, now)
-                else:
+            if self.sink is not None:
+                self._queue_loss_record(now)
+                self._write_pending(now)
+            else:
+                record = self.loss.take_record(self.config, now)
+                if record is not None:
                     self._deliver_to_callback([(now, record)])
+            self.loss.cause = None  # the next episode names its own cause
 
     # ---------------------------------------------------------------- control
 
     def flush(self, timeout=10.0):
         """Wait until everything submitted so far was handed to the sink (tests, `audit` command)."""
         target = self.accepted
+        if self._thread is None or not self._thread.is_alive():
+            self._drain()  # no writer thread (stopped, or driven by hand in tests)
         deadline = time.monotonic() + timeout
         while self.processed < target and time.monotonic() < deadline:
             self._wake.set()
             time.sleep(0.002)
-        if self._thread is None or not self._thread.is_alive():
-            self._drain()
         return self.processed >= target
 
     def stop(self, timeout=10.0):
@@ -388,6 +407,7 @@ class Pipeline:
         self._drain()
         if self._pending:
             first, last = self._pending[0][0], self._pending[-1][0]
+            # (a loss record among them is counted as one; its own count is logged below)
             self.loss.add(len(self._pending), first, last, self.loss.cause or "sink unavailable")
             _log(
                 "err",

@@ -26,6 +26,9 @@ MASK = "********"
 # Keys of OOB/option dicts whose values are secrets, whatever the value looks like.
 SECRET_KEY = re.compile(r"pass(word|wd|phrase)?$|secret|token|api[_-]?key|credential", re.I)
 
+# OOB commands whose name says they carry credentials: all their arguments are masked.
+SECRET_COMMAND = re.compile(r"login|auth|pass(word|wd)?|secret|token|credential", re.I)
+
 # Evennia strips one of these before matching a command (settings.CMD_IGNORE_PREFIXES).
 _IGNORE_PREFIXES = "@&/+"
 _CONNECT = ("connect", "conn", "con", "co")
@@ -240,7 +243,10 @@ class Scrubber:
             if isinstance(item, dict):
                 cleaned = {}
                 for key, val in item.items():
-                    if isinstance(key, str) and SECRET_KEY.search(key) and val not in (None, ""):
+                    secret = isinstance(key, str) and (
+                        SECRET_KEY.search(key) or (level == depth and SECRET_COMMAND.search(key))
+                    )
+                    if secret and val not in (None, "", [], {}):
                         labels.append("secret_key")
                         cleaned[key] = MASK
                     else:
