@@ -44,10 +44,9 @@ carried_over = {}
 
 
 def _connection_of(session):
-    key = (session.sessid, session.protocol_key, str(session.address))
-    conn, seq = carried_over.pop(key, (None, 0))
-    session.audit_conn = conn or new_connection_id()
-    session.audit_seq = seq
+    """A session that did not come through `lifecycle.opened` (built by hand): a fresh id."""
+    session.audit_conn = new_connection_id()
+    session.audit_seq = 0
     return session.audit_conn
 
 
@@ -64,11 +63,23 @@ def _snapshot(kwargs):
     return copied
 
 
-def capture(session, direction, kwargs, kind="io", now=time.time):
-    """Everything `build()` needs that could change before the writer gets to it. Game thread."""
+def capture(session, direction, kwargs, kind="io", now=time.time, who=None):
+    """Everything `build()` needs that could change before the writer gets to it. Game thread.
+
+    Args:
+        session (ServerSession): the connection.
+        direction (str): RCV or SND (None for lifecycle records).
+        kwargs (dict): the arguments of `data_in`/`data_out`, or a lifecycle record's fields.
+        kind (str): "io", or a lifecycle kind ("login", ...).
+        now (callable): the clock.
+        who (tuple): (account, puppet) to record instead of the session's current ones.
+    """
     conn = session.audit_conn or _connection_of(session)
     seq = session.audit_seq = session.audit_seq + 1
-    if session.logged_in:
+    if who is not None:
+        account, puppet = who
+        room = puppet.location if puppet is not None else None
+    elif session.logged_in:
         account = session.account
         puppet = session.puppet
         room = puppet.location if puppet is not None else None
@@ -168,6 +179,8 @@ class Builder:
     def build(self, captured):
         """The event dict for one captured tuple (see `capture`)."""
         when, kind, direction, session, conn, seq, account, puppet, room, kwargs = captured
+        if kind != "io":
+            return self.build_lifecycle(captured)
         config = self.config
         kwargs = dict(kwargs)
         strings, text_options = split_text(kwargs)
@@ -212,6 +225,44 @@ class Builder:
         }
         if not config.allow_sparse:
             event["data"] = sparse(data) if isinstance(data, dict) else data
+            event["objects"] = sparse(event["objects"])
+            event = sparse(event)
+        return event
+
+    def build_lifecycle(self, captured):
+        """A lifecycle record: who, where and from which connection, plus the record's own fields."""
+        when, kind, _direction, session, conn, seq, account, puppet, room, fields = captured
+        config = self.config
+        event = {
+            "v": FORMAT_VERSION,
+            "kind": kind,
+            "time": iso_time(when),
+            "hostname": config.hostname,
+            "application": config.application,
+            "version": config.version,
+            "pid": config.pid,
+            "protocol": getattr(session, "protocol_key", ""),
+            "ip": _ip(getattr(session, "address", "")),
+            "session": f"session#{getattr(session, 'sessid', '')}",
+            "conn": conn,
+            "seq": seq,
+            "account": _token(account),
+            "character": _token(puppet),
+            "room": _token(room),
+        }
+        for key, value in fields.items():
+            # Objects (the puppet, a created account) are recorded by name#dbref.
+            event[key] = value if isinstance(value, (str, int, float, bool, type(None))) else _token(value)
+        if kind == "disconnect":
+            self.forget(conn)
+        event["objects"] = {
+            "time": datetime.datetime.fromtimestamp(when, _UTC),
+            "session": session,
+            "account": account,
+            "character": puppet,
+            "room": room,
+        }
+        if not config.allow_sparse:
             event["objects"] = sparse(event["objects"])
             event = sparse(event)
         return event

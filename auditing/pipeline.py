@@ -165,18 +165,9 @@ class Pipeline:
             self._deliver = self._deliver_to_callback
 
     def start(self):
-        """Start the writer thread and make sure a clean shutdown flushes the queue."""
+        """Start the writer thread (the runtime arranges for `stop` at shutdown)."""
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._thread.start()
-        try:
-            from twisted.internet import reactor
-
-            reactor.addSystemEventTrigger("before", "shutdown", self.stop)
-        except Exception:
-            pass
-        import atexit
-
-        atexit.register(self.stop)
         return self
 
     # ---------------------------------------------------------------- game thread
@@ -306,29 +297,29 @@ class Pipeline:
         self.loss.add(given_up, first, last, self.loss.cause or "sink unavailable")
 
     def _write_pending(self, now):
-        pending = self._pending
-        if not pending:
-            return
-        records = [record for _, record, _ in pending]
         from .sinkbase import SinkError
 
-        try:
-            if self._sink_takes_times:
-                self.sink.write(records, [when for when, _, _ in pending])
-            else:
-                self.sink.write(records)
-            self.sink.flush()
-        except Exception as error:
-            delivered = getattr(error, "delivered", 0) if isinstance(error, SinkError) else 0
-            cause = getattr(error, "cause", None) or f"{type(error).__name__}: {error}"
-            self._count_delivered(delivered)
-            rejected = getattr(error, "rejected", 0)
-            if rejected:
-                self._reject(rejected, cause)
-            self._sink_failed(cause, now)
-            return
-        self._count_delivered(len(records))
-        self._sink_recovered(now)
+        pending = self._pending
+        while pending:
+            records = [record for _, record, _ in pending]
+            try:
+                if self._sink_takes_times:
+                    self.sink.write(records, [when for when, _, _ in pending])
+                else:
+                    self.sink.write(records)
+                self.sink.flush()
+            except Exception as error:
+                delivered = getattr(error, "delivered", 0) if isinstance(error, SinkError) else 0
+                cause = getattr(error, "cause", None) or f"{type(error).__name__}: {error}"
+                self._count_delivered(delivered)
+                rejected = getattr(error, "rejected", 0)
+                if rejected:
+                    self._reject(rejected, cause)
+                    continue  # the sink works; only those records could never go
+                self._sink_failed(cause, now)
+                return
+            self._count_delivered(len(records))
+            self._sink_recovered(now)
 
     def _reject(self, count, cause):
         """Records the sink can never take (e.g. too large for a datagram): counted, not retried."""

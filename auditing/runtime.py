@@ -9,9 +9,10 @@ and value, and leaves auditing off (no per-message tracebacks); fixing the setti
 turns it on.
 """
 
+import atexit
 import threading
 
-from . import conf
+from . import conf, lifecycle
 from .event import RCV, SND, capture
 
 _current = None
@@ -34,6 +35,17 @@ class Runtime:
         self.tap_in = self._make_tap(RCV) if config.audit_in else _ignore
         self.tap_out = self._make_tap(SND) if config.audit_out else _ignore
         self.error = None
+        self._stopped = False
+        lifecycle.load_connections(config)
+        lifecycle.connect_signals()
+        # A clean stop, reload or reboot flushes every queued event before the process exits.
+        try:
+            from twisted.internet import reactor
+
+            reactor.addSystemEventTrigger("before", "shutdown", self.stop)
+        except Exception:
+            pass
+        atexit.register(self._at_exit)
 
     def _make_tap(self, direction):
         pipeline = self.pipeline
@@ -43,12 +55,28 @@ class Runtime:
 
         return tap
 
-    def record(self, session, kind, **fields):
-        """Queue a lifecycle record (login, logout, ...) for `session`."""
-        self.pipeline.submit(capture(session, None, fields, kind=kind))
+    def record(self, session, kind, who=None, **fields):
+        """Queue a lifecycle record (login, logout, ...) for `session`. Never raises."""
+        try:
+            self.pipeline.submit(capture(session, None, fields, kind=kind, who=who))
+        except Exception as error:
+            tap_failed(error)
 
-    def stop(self):
+    def stop(self, save=True):
+        """Save the open connections' ids for a reload, then flush and close the output."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if save:
+            lifecycle.save_connections(self.config)
         self.pipeline.stop()
+
+    def _at_exit(self):
+        # Events after the shutdown trigger (disconnect notices) moved the sequence numbers on.
+        if self._stopped:
+            lifecycle.save_connections(self.config)
+        else:
+            self.stop()
 
 
 class DisabledRuntime:
@@ -66,7 +94,7 @@ class DisabledRuntime:
     def record(self, session, kind, **fields):
         pass
 
-    def stop(self):
+    def stop(self, save=True):
         pass
 
 
@@ -122,7 +150,7 @@ def restart():
     with _lock:
         old, _current = _current, None
     if old is not None:
-        old.stop()
+        old.stop(save=False)  # a settings change in this process, not a server restart
 
 
 def tap_failed(error):

@@ -8,11 +8,13 @@ Enable it in `server/conf/settings.py`:
 `data_in` (client -> game) and `data_out` (game -> client) hand a captured copy of their arguments to
 the audit pipeline and then always call Evennia's own method: the game behaves exactly as without
 auditing, and no exception from auditing can reach it (it is counted and logged once instead).
+The session's hooks add lifecycle records (connect, login, logout, disconnect; see
+`auditing.lifecycle`).
 """
 
 from evennia.server.serversession import ServerSession
 
-from . import runtime
+from . import lifecycle, runtime
 from .event import RCV, SND, Builder, capture
 
 
@@ -29,7 +31,25 @@ class AuditedServerSession(ServerSession):
             runtime.current().tap_in(self, kwargs)
         except Exception as error:
             runtime.tap_failed(error)
-        super().data_in(**kwargs)
+        if self.logged_in:
+            super().data_in(**kwargs)
+            return
+        # Before login: remember who is executing (for signals without a session), and notice a
+        # `connect` that did not log in.
+        lifecycle.executing = self
+        try:
+            super().data_in(**kwargs)
+        finally:
+            lifecycle.executing = None
+        if not self.logged_in:
+            try:
+                line = kwargs["text"][0][0]
+                if isinstance(line, str):
+                    lifecycle.login_attempt_ended(self, line, runtime.current())
+            except (KeyError, IndexError, TypeError):
+                pass
+            except Exception as error:
+                runtime.tap_failed(error)
 
     def data_out(self, **kwargs):
         """Record game output, then send it on unchanged."""
@@ -38,6 +58,30 @@ class AuditedServerSession(ServerSession):
         except Exception as error:
             runtime.tap_failed(error)
         super().data_out(**kwargs)
+
+    # ---------------------------------------------------------------- lifecycle hooks
+
+    def at_sync(self):
+        """A new connection, or this server rebuilding it after a reload."""
+        super().at_sync()
+        try:
+            lifecycle.opened(self, runtime.current())
+        except Exception as error:
+            runtime.tap_failed(error)
+
+    def at_login(self, account):
+        """The connection logged in to `account`."""
+        super().at_login(account)
+        runtime.current().record(self, "login")
+
+    def at_disconnect(self, reason=None):
+        """The connection is closing: logout (if logged in), then disconnect."""
+        account = self.account if self.logged_in else None
+        super().at_disconnect(reason)  # unpuppets first (its own record)
+        live = runtime.current()
+        if account is not None:
+            live.record(self, "logout", who=(account, None))
+        live.record(self, "disconnect", who=(account, None), reason=reason or "")
 
     # ---------------------------------------------------------------- contrib compatibility
 
@@ -52,12 +96,10 @@ class AuditedServerSession(ServerSession):
             dict: the scrubbed event, or {} when there is nothing to record.
         """
         src = kwargs.pop("src", "?")
-        if not kwargs:
-            return {}
         live = runtime.current()
-        builder = Builder(live.config, live.pipeline.builder.scrubber) if live.pipeline else None
-        if builder is None:
+        if not kwargs or live.pipeline is None:
             return {}
+        builder = Builder(live.config, live.pipeline.builder.scrubber)
         return builder.build(capture(self, SND if src == "server" else RCV, kwargs))
 
     def mask(self, msg):

@@ -15,12 +15,15 @@ class SinkError(Exception):
     Args:
         cause (str): What went wrong, for the one log line the pipeline writes about it.
         delivered (int): Records from the start of the batch that did reach the sink.
+        rejected (int): Records right after those that the sink can never take (too large for a
+            datagram, say): the pipeline counts them lost instead of retrying them forever.
     """
 
-    def __init__(self, cause, delivered=0):
+    def __init__(self, cause, delivered=0, rejected=0):
         super().__init__(cause)
         self.cause = cause
         self.delivered = delivered
+        self.rejected = rejected
 
 
 class Sink:

@@ -20,6 +20,7 @@ Only the standard library is used.
 """
 
 import datetime
+import errno
 import os
 import select
 import socket
@@ -232,6 +233,14 @@ class SyslogSink(Sink):
                     self._send_datagrams(head, records, self._sent)
                 return
             except Exception as err:
+                if isinstance(err, OSError) and err.errno == errno.EMSGSIZE:
+                    # This record can never go as one datagram; the ones after it still can.
+                    raise SinkError(
+                        f"syslog {self.where}: a record of {len(records[self._sent])} bytes is "
+                        "too large for one datagram (use transport 'tcp')",
+                        self._sent,
+                        rejected=1,
+                    ) from err
                 self._close_socket()
                 if retry and isinstance(err, OSError) and not isinstance(err, socket.timeout):
                     retry = False

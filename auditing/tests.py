@@ -99,13 +99,13 @@ class AuditTestCase(EvenniaTest):
 
     def assertNoSecret(self, secrets, events=None):
         events = self.collector.events if events is None else events
-        dumped = json.dumps(
-            [{k: v for k, v in e.items() if k != "objects"} for e in events],
-            ensure_ascii=False,
-            default=str,
-        )
-        for secret in secrets:
-            self.assertNotIn(secret, dumped)
+        for event in events:
+            dumped = json.dumps(
+                {k: v for k, v in event.items() if k != "objects"}, ensure_ascii=False, default=str
+            )
+            for secret in secrets:
+                if secret in dumped:
+                    self.fail(f"secret {secret!r} in {dumped}")
 
 
 class TestContribCompatibility(AuditTestCase):
@@ -712,3 +712,80 @@ class TestPipelineFailures(EvenniaTest):
         pipeline.submit(capture(self.session, RCV, {"text": (["late"], {})}))
         with open(os.path.join(directory, os.listdir(directory)[0]), "rb") as handle:
             self.assertIn(b'"late"', handle.read())
+
+
+class TestLifecycle(AuditTestCase):
+    """Lifecycle records from the session's hooks and Evennia's signals, with real commands."""
+
+    def setUp(self):
+        super().setUp()
+        self.game_input.side_effect = evennia.SESSION_HANDLER.__class__.call_inputfuncs.__get__(
+            evennia.SESSION_HANDLER
+        )  # really execute commands here
+
+    def kinds(self, conn):
+        self.flush()
+        return [(e["kind"], e.get("tried_account")) for e in self.collector.events
+                if e.get("conn") == conn and e["kind"] != "io"]
+
+    def test_connect_record_and_failed_logins(self):
+        fresh = self.new_unauthenticated_session(sessid=3)
+        self.account.set_password("right-password-1")
+        self.account.save()
+        self.sent_in(fresh, f"connect {self.account.key} wrong-password-1")
+        self.sent_in(fresh, "connect nosuchaccount wrong-password-2")
+        self.sent_in(fresh, "connect lonewordpassword")
+        kinds = self.kinds(fresh.audit_conn)
+        self.assertEqual(
+            kinds,
+            [("connect", None), ("login_fail", self.account.key), ("login_fail", "nosuchaccount")],
+        )
+        self.assertNoSecret(["wrong-password-1", "wrong-password-2", "lonewordpassword"])
+
+    def test_login_puppet_logout_disconnect(self):
+        fresh = self.new_unauthenticated_session(sessid=4)
+        evennia.SESSION_HANDLER.login(fresh, self.account2, testmode=True)
+        self.char2.locks.add("puppet:all()")
+        self.account2.puppet_object(fresh, self.char2)
+        conn = fresh.audit_conn
+        evennia.SESSION_HANDLER.disconnect.side_effect = None
+        type(evennia.SESSION_HANDLER).disconnect(evennia.SESSION_HANDLER, fresh, reason="quit", sync_portal=False)
+        self.flush()
+        records = [e for e in self.collector.events if e.get("conn") == conn and e["kind"] != "io"]
+        self.assertEqual(
+            [e["kind"] for e in records],
+            ["connect", "login", "puppet", "unpuppet", "logout", "disconnect"],
+        )
+        self.assertEqual(records[1]["account"], f"{self.account2.key}{self.account2.dbref}")
+        self.assertEqual(records[2]["puppet"], f"{self.char2.key}{self.char2.dbref}")
+        self.assertEqual(records[4]["account"], records[1]["account"])
+        self.assertEqual(records[5]["reason"], "quit")
+        seqs = [e["seq"] for e in self.collector.events if e.get("conn") == conn]
+        self.assertEqual(seqs, list(range(1, len(seqs) + 1)))  # gapless per connection
+
+    def test_connection_ids_carried_across_a_reload(self):
+        from . import lifecycle
+
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        with override_settings(AUDIT_LOG_DIR=directory, AUDIT_CALLBACK=self.collector):
+            config = conf.get()
+            self.sent_in(self.session, "look")
+            before = (self.session.audit_conn, self.session.audit_seq)
+            lifecycle.save_connections(config)
+            self.assertEqual(stat.S_IMODE(os.stat(os.path.join(directory, lifecycle.STATE_FILE)).st_mode), 0o600)
+            # The next server process rebuilds the session from the portal's data.
+            rebuilt = AuditedServerSession()
+            rebuilt.load_sync_data(self.session.get_sync_data())
+            rebuilt.sessionhandler = evennia.SESSION_HANDLER
+            lifecycle.load_connections(config)
+            lifecycle.opened(rebuilt, runtime.current())
+            self.assertEqual((rebuilt.audit_conn, rebuilt.audit_seq), before)
+            self.assertFalse(os.path.exists(os.path.join(directory, lifecycle.STATE_FILE)))
+            # A new connection that reuses the session number gets a new id.
+            other = AuditedServerSession()
+            data = self.session.get_sync_data()
+            data["conn_time"] += 1
+            other.load_sync_data(data)
+            lifecycle.opened(other, runtime.current())
+            self.assertNotEqual(other.audit_conn, before[0])
