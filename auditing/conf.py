@@ -30,6 +30,8 @@ Settings (all optional except `SERVER_SESSION_CLASS`, which switches auditing on
         Directory of the file sink's `audit_YYYY-MM-DD.log` files.
     AUDIT_FILE_MAX_BYTES = 0
         Also rotate a day's file when it reaches this size (0: rotate by UTC day only).
+    AUDIT_COMMAND_LOCK = "cmd:perm(Admin) or perm(Developer)"
+        Who may use the in-game `audit` command (`auditing.commands.CmdAudit`).
     AUDIT_SYSLOG = {}
         Syslog sink options: `address` (None: local syslog socket `/dev/log`; a path; or
         `("host", port)`), `transport` ("unix", "udp" or "tcp"), `facility` ("user", "local0", ...),
@@ -50,6 +52,7 @@ except ImportError:  # pragma: no cover - declared dependency; only missing in a
     re2 = None
 
 DEFAULT_CALLBACK = "auditing.outputs.to_file"
+DEFAULT_COMMAND_LOCK = "cmd:perm(Admin) or perm(Developer)"
 DEFAULTS = {
     "AUDIT_CALLBACK": DEFAULT_CALLBACK,
     "AUDIT_IN": False,
@@ -107,6 +110,14 @@ class AuditConfig:
     application: str
     version: str
     pid: int
+
+
+def command_lock():
+    """`AUDIT_COMMAND_LOCK`: who may use the in-game `audit` command (an Evennia lock string)."""
+    value = getattr(settings, "AUDIT_COMMAND_LOCK", DEFAULT_COMMAND_LOCK)
+    if not isinstance(value, str) or not value.startswith("cmd:"):
+        raise AuditConfigError(f"AUDIT_COMMAND_LOCK = {value!r}: must be a lock string 'cmd:...'")
+    return value
 
 
 def _setting(name):
@@ -241,7 +252,7 @@ def _evennia_version():
     try:
         from evennia.utils.utils import get_evennia_version
 
-        return get_evennia_version()
+        return get_evennia_version("short")
     except Exception:
         return "unknown"
 

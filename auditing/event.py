@@ -24,6 +24,8 @@ SND = "SND"  # game -> client
 
 _UTC = datetime.timezone.utc
 _SPARSE_EMPTY = (None, "", [], {}, ())
+# What Evennia's session handler feeds a new connection as input (settings.CMD_LOGINSTART).
+LOGIN_START = "__unloggedin_look_command"
 # Several strings in one `text` become lines (the contrib used "|", which collides with colour codes).
 TEXT_JOIN = "\n"
 
@@ -223,8 +225,19 @@ class Builder:
                 "room": room,
             },
         }
+        if direction == RCV and strings == [LOGIN_START]:
+            event["origin"] = "server"  # Evennia feeds this to new connections; nobody typed it
         if not config.allow_sparse:
-            event["data"] = sparse(data) if isinstance(data, dict) else data
+            # An OOB command's name is information even with no arguments: only None goes.
+            if isinstance(data, dict):
+                event["data"] = {key: value for key, value in data.items() if value is not None}
+                options = event["data"].get("text_options")
+                if isinstance(options, dict):
+                    options = sparse(options)
+                    if options:
+                        event["data"]["text_options"] = options
+                    else:
+                        del event["data"]["text_options"]
             event["objects"] = sparse(event["objects"])
             event = sparse(event)
         return event

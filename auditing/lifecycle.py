@@ -154,10 +154,25 @@ def _on_puppet(kind):
     return receiver
 
 
+def _creating_session(ip):
+    """The logged-out connection from `ip` that just ran a command (the signal names no session)."""
+    try:
+        import evennia
+
+        candidates = [
+            session
+            for session in evennia.SESSION_HANDLER.values()
+            if not session.logged_in and ip is not None and str(ip) in str(session.address)
+        ]
+    except Exception:
+        return None
+    return max(candidates, key=lambda session: session.cmd_last, default=None)
+
+
 def _on_account_created(sender=None, ip=None, **kwargs):
     from . import runtime
 
-    session = executing
+    session = executing or _creating_session(ip)
     if session is not None and hasattr(session, "audit_conn"):
         runtime.current().record(session, "account_created", created_account=sender)
 

@@ -113,6 +113,40 @@ class LossTracker:
         return record
 
 
+class RecentRecords:
+    """The last records of each account, character and connection, kept in memory by the writer.
+
+    Bounded: `per_key` records for each of at most `max_keys` keys (the least recently used go).
+    The records are the scrubbed ones the sink gets, so showing them reveals no secret.
+    """
+
+    def __init__(self, per_key=200, max_keys=2000):
+        self.per_key = per_key
+        self.max_keys = max_keys
+        self._by_key = collections.OrderedDict()
+
+    def add(self, event):
+        for field in ("account", "character", "conn"):
+            key = event.get(field)
+            if key:
+                self._append((field, key), event)
+
+    def _append(self, key, event):
+        records = self._by_key.get(key)
+        if records is None:
+            if len(self._by_key) >= self.max_keys:
+                self._by_key.popitem(last=False)
+            records = self._by_key[key] = collections.deque(maxlen=self.per_key)
+        else:
+            self._by_key.move_to_end(key)
+        records.append(event)
+
+    def get(self, field, key, limit):
+        """The last `limit` records whose `field` ("account", "character", "conn") is `key`."""
+        records = list(self._by_key.get((field, key), ()))
+        return records[-limit:] if limit else records
+
+
 class Pipeline:
     """Queue, writer thread and failure policy for one configuration.
 
@@ -137,6 +171,7 @@ class Pipeline:
         self.delivered = 0
         self.build_errors = 0
         self.loss = LossTracker()
+        self.recent = RecentRecords()  # for the in-game `audit` command
         self._pending = collections.deque()  # (time, record) not yet accepted by the sink
         self._retry_at = 0.0
         self._backoff = _BACKOFF_START
@@ -241,9 +276,12 @@ class Pipeline:
     def _build(self, batch):
         events = []
         build = self.builder.build
+        remember = self.recent.add
         for item in batch:
             try:
-                events.append((item[0], build(item)))
+                event = build(item)
+                remember(event)
+                events.append((item[0], event))
             except Exception as error:
                 # No text: it could not be proven free of secrets. The record still says it happened.
                 self.build_errors += 1

@@ -267,8 +267,13 @@ class TestEvents(AuditTestCase):
 
     def test_sparse_drops_only_empty_values(self):
         self.session.data_in(text=(["look"], {}), zero=0, false=False, empty="", none=None, lst=[])
-        data = self.records()[-1]["data"]
-        self.assertEqual(data, {"zero": 0, "false": False})
+        self.session.data_out(text="", logged_in={})
+        look, logged_in = self.records()[-2:]
+        # OOB command names are kept even without arguments; None values and empty fields go.
+        self.assertEqual(look["data"], {"zero": 0, "false": False, "empty": "", "lst": []})
+        self.assertEqual(logged_in["data"], {"logged_in": {}})
+        self.assertNotIn("text", logged_in)
+        self.assertNotIn("room", {k for k, v in look.items() if v in ("", None)})
 
     def test_bytes_do_not_reveal_secret_length(self):
         self.sent_in(self.guest, "connect bob short1")
@@ -789,3 +794,75 @@ class TestLifecycle(AuditTestCase):
             other.load_sync_data(data)
             lifecycle.opened(other, runtime.current())
             self.assertNotEqual(other.audit_conn, before[0])
+
+
+class TestAuditCommand(AuditTestCase):
+    """The in-game `audit` command: permissions, what it shows, and that its use is recorded."""
+
+    def setUp(self):
+        super().setUp()
+
+    def run_command(self, caller, args, session=None):
+        from .commands import CmdAudit
+
+        command = CmdAudit()
+        received = []
+        with mock.patch.object(type(caller), "msg", lambda obj, text=None, **kw: received.append(text)):
+            command.caller = caller
+            command.account = caller.account if hasattr(caller, "account") and caller.account else caller
+            command.session = session or self.session
+            command.cmdname = "audit"
+            command.raw_string = f"audit{args}"
+            command.args = args
+            command.cmdset = None
+            if not command.access(caller, "cmd"):
+                return None
+            command.parse()
+            command.func()
+        return "\n".join(str(text) for text in received)
+
+    def test_default_lock_refuses_players_and_admits_admins(self):
+        from .commands import CmdAudit
+
+        self.account2.permissions.remove("Developer")
+        self.account2.permissions.add("Player")
+        self.char2.account = self.account2
+        self.assertFalse(CmdAudit().access(self.char2, "cmd"))
+        self.account.permissions.add("Admin")
+        self.assertTrue(CmdAudit().access(self.char1, "cmd"))
+
+    def test_lock_is_configurable(self):
+        from .commands import CmdAudit
+
+        with override_settings(AUDIT_COMMAND_LOCK="cmd:perm(Builder)"):
+            self.assertEqual(str(CmdAudit().locks), "cmd:perm(Builder)")
+
+    def test_last_records_and_transcript_are_scrubbed_and_use_is_recorded(self):
+        target = self.new_unauthenticated_session(sessid=5)
+        self.sent_in(target, "connect somebody hunter2pw")
+        evennia.SESSION_HANDLER.login(target, self.account2, testmode=True)
+        self.sent_in(target, "say the eagle has landed")
+        target.data_out(text="You say, \"the eagle has landed\"")
+        self.flush()
+        shown = self.run_command(self.char1, f" {self.account2.key}")
+        self.assertIn("say the eagle has landed", shown)
+        self.assertNotIn("hunter2pw", shown)
+        transcript = self.run_command(self.char1, f"/transcript {self.account2.key}")
+        self.assertIn(f"connect somebody {MASK}", transcript)
+        self.assertIn("You say", transcript)
+        self.assertNotIn("hunter2pw", transcript)
+        self.flush()
+        uses = [e for e in self.collector.events if e["kind"] == "audit_view"]
+        self.assertEqual([(u["mode"], u["target"]) for u in uses],
+                         [("records", f"{self.account2.key}{self.account2.dbref}")] * 1
+                         + [("transcript", f"{self.account2.key}{self.account2.dbref}")])
+        self.assertEqual(uses[0]["account"], f"{self.account.key}{self.account.dbref}")
+        # leave account2 without sessions, so its deletion in tearDown needs no portal
+        target.logged_in = False
+        evennia.SESSION_HANDLER.pop(target.sessid, None)
+
+    def test_stats_show_counters(self):
+        self.sent_in(self.session, "look")
+        shown = self.run_command(self.char1, "/stats")
+        self.assertRegex(shown, r"delivered\s+\d+")
+        self.assertRegex(shown, r"lost\s+0")
