@@ -46,8 +46,9 @@ def _state_path(config):
     return os.path.join(config.log_dir, STATE_FILE)
 
 
-def save_connections(config):
-    """Write id and sequence of every open connection (at shutdown; again at exit, the final word)."""
+def save_connections(config, builder=None):
+    """Write id, sequence and armed prompt mask of every open connection (at shutdown, after the
+    queue was drained; again at exit, the final word)."""
     try:
         import evennia
 
@@ -57,8 +58,13 @@ def save_connections(config):
         return
     # Keyed by the values as they are now: Evennia syncs them to the portal when a reload starts,
     # and the portal hands exactly these back to the next server process.
+    states = builder.states if builder is not None else {}
     state = {
-        origin_key(session): [session.audit_conn, session.audit_seq]
+        origin_key(session): [
+            session.audit_conn,
+            session.audit_seq,
+            getattr(states.get(session.audit_conn), "armed_by", None),
+        ]
         for session in sessions
         if getattr(session, "audit_conn", None)
     }
@@ -85,8 +91,8 @@ def load_connections(config):
         return
     if time.time() - saved.get("saved", 0) > _STALE_AFTER:
         return
-    for key, (conn, seq) in saved.get("connections", {}).items():
-        event.carried_over[key] = (conn, seq)
+    for key, (conn, seq, *armed) in saved.get("connections", {}).items():
+        event.carried_over[key] = (conn, seq, armed[0] if armed else None)
 
 
 def opened(session, live):
@@ -95,7 +101,10 @@ def opened(session, live):
         return
     carried = event.carried_over.pop(origin_key(session), None)
     if carried:
-        session.audit_conn, session.audit_seq = carried
+        session.audit_conn, session.audit_seq, armed_by = carried
+        if armed_by and live.pipeline is not None:
+            # A password prompt sent before the reload still masks the answer typed after it.
+            live.pipeline.builder.state(session.audit_conn).armed_by = armed_by
         return
     session.audit_conn = event.new_connection_id()
     session.audit_seq = 0

@@ -67,14 +67,14 @@ class Runtime:
         if self._stopped:
             return
         self._stopped = True
+        self.pipeline.stop()  # drained first: the saved state includes every prompt seen
         if save:
-            lifecycle.save_connections(self.config)
-        self.pipeline.stop()
+            lifecycle.save_connections(self.config, self.pipeline.builder)
 
     def _at_exit(self):
         # Events after the shutdown trigger (disconnect notices) moved the sequence numbers on.
         if self._stopped:
-            lifecycle.save_connections(self.config)
+            lifecycle.save_connections(self.config, self.pipeline.builder)
         else:
             self.stop()
 

@@ -775,9 +775,11 @@ class TestLifecycle(AuditTestCase):
         self.addCleanup(shutil.rmtree, directory)
         with override_settings(AUDIT_LOG_DIR=directory, AUDIT_CALLBACK=self.collector):
             config = conf.get()
-            self.sent_in(self.session, "look")
+            self.session.data_out(text="Enter your password:")
+            self.flush()
             before = (self.session.audit_conn, self.session.audit_seq)
-            lifecycle.save_connections(config)
+            lifecycle.save_connections(config, runtime.current().pipeline.builder)
+            runtime.current().pipeline.builder.forget(before[0])  # the next process knows nothing
             self.assertEqual(stat.S_IMODE(os.stat(os.path.join(directory, lifecycle.STATE_FILE)).st_mode), 0o600)
             # The next server process rebuilds the session from the portal's data.
             rebuilt = AuditedServerSession()
@@ -786,6 +788,8 @@ class TestLifecycle(AuditTestCase):
             lifecycle.load_connections(config)
             lifecycle.opened(rebuilt, runtime.current())
             self.assertEqual((rebuilt.audit_conn, rebuilt.audit_seq), before)
+            # ... and so does a password prompt that was waiting for its answer
+            self.assertEqual(runtime.current().pipeline.builder.state(before[0]).armed_by, "password_prompt")
             self.assertFalse(os.path.exists(os.path.join(directory, lifecycle.STATE_FILE)))
             # A new connection that reuses the session number gets a new id.
             other = AuditedServerSession()
