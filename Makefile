@@ -12,9 +12,10 @@ TESTS ?= auditing
 .PHONY: test test-py311 test-py312 demo demo-stop bench clean system-deps
 
 test: system-deps
+	@rm -f $(BUILD)/py311/summary $(BUILD)/py312/summary
 	@$(MAKE) --no-print-directory test-py311
 	@$(MAKE) --no-print-directory test-py312
-	@echo "make test: both interpreters passed"
+	@cat $(BUILD)/py311/summary $(BUILD)/py312/summary | awk '{p+=$$1; f+=$$2} END {printf "tests: %d passed, %d failed\n", p, f}' 
 
 # rsyslogd is a real peer of the syslog tests (started and stopped by the tests themselves).
 system-deps:
@@ -26,10 +27,10 @@ system-deps:
 	@tools/mkvenv "$*" "$(if $(filter py311,$*),$(PY311),$(PY312))" .venv/$*
 	@touch $@
 
-test-py311: .venv/py311/.installed
+test-py311: system-deps .venv/py311/.installed
 	@tools/run-tests .venv/py311 $(BUILD)/py311 $(TESTS)
 
-test-py312: .venv/py312/.installed
+test-py312: system-deps .venv/py312/.installed
 	@tools/run-tests .venv/py312 $(BUILD)/py312 $(TESTS)
 
 demo: .venv/py311/.installed

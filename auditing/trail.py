@@ -51,6 +51,7 @@ MAX_NEEDLE_ALTERNATIVES = 16  # beyond this many alternatives, one pass per need
 FILE_RE = re.compile(r"audit_(\d{4}-\d{2}-\d{2})(?:\.(\d+))?\.log(\.gz)?\Z")
 LIFECYCLE_KINDS = (
     "connect", "login", "login_fail", "logout", "disconnect", "puppet", "unpuppet", "account_created",
+    "audit_view",
 )
 KINDS = ("io",) + LIFECYCLE_KINDS + ("loss", "error")
 _loads = orjson.loads
