@@ -495,12 +495,16 @@ def _color_wanted(args):
     return not args.no_color and not os.environ.get("NO_COLOR")
 
 
+def _nothing_recorded(args, suffix):
+    what = f"connection {args.conn}" if args.conn else f"account {args.account}"
+    sys.stderr.write(f"{PROG}: nothing recorded for {what} in {args.dir}{suffix}\n")
+    return 1
+
+
 def cmd_replay(args):
     records, losses = _collect(args)
     if not records:
-        what = f"connection {args.conn}" if args.conn else f"account {args.account}"
-        sys.stderr.write(f"{PROG}: nothing recorded for {what} in {args.dir}\n")
-        return 1
+        return _nothing_recorded(args, "")
     color = _color_wanted(args)
     entries = transcript(records, losses, color)
     out = sys.stdout
@@ -532,9 +536,7 @@ def cmd_replay(args):
 def cmd_export(args):
     records, losses = _collect(args)
     if not records:
-        what = f"connection {args.conn}" if args.conn else f"account {args.account}"
-        sys.stderr.write(f"{PROG}: nothing recorded for {what} in {args.dir}; no file written\n")
-        return 1
+        return _nothing_recorded(args, "; no file written")
     color = _color_wanted(args)
     entries = transcript(records, losses, color)
     start = entries[0].epoch

@@ -146,6 +146,18 @@ def split_text(kwargs):
     return flatten_text(value), (options or None)
 
 
+def _objects(captured):
+    """The live objects of an event, for callbacks (never serialised)."""
+    when, _kind, _direction, session, _conn, _seq, account, puppet, room, _kwargs = captured
+    return {
+        "time": datetime.datetime.fromtimestamp(when, _UTC),
+        "session": session,
+        "account": account,
+        "character": puppet,
+        "room": room,
+    }
+
+
 def sparse(record):
     """Drop keys whose value is None or empty ("", [], {}); keep 0 and False."""
     return {key: value for key, value in record.items() if value not in _SPARSE_EMPTY}
@@ -196,35 +208,14 @@ class Builder:
             self.scrubber.command if direction == RCV else self.scrubber.output,
         )
         masked.extend(label for label in data_labels if label not in masked)
-        event = {
-            "v": FORMAT_VERSION,
-            "kind": kind,
-            "time": iso_time(when),
-            "hostname": config.hostname,
-            "application": config.application,
-            "version": config.version,
-            "pid": config.pid,
-            "direction": direction,
-            "protocol": getattr(session, "protocol_key", ""),
-            "ip": _ip(getattr(session, "address", "")),
-            "session": f"session#{getattr(session, 'sessid', '')}",
-            "conn": conn,
-            "seq": seq,
-            "account": _token(account),
-            "character": _token(puppet),
-            "room": _token(room),
+        event = self._header(captured)
+        event.update({
             "text": text.strip(),
             "bytes": len(text.strip().encode("utf-8")),
             "data": data,
             "masked": masked,
-            "objects": {
-                "time": datetime.datetime.fromtimestamp(when, _UTC),
-                "session": session,
-                "account": account,
-                "character": puppet,
-                "room": room,
-            },
-        }
+            "objects": _objects(captured),
+        })
         if direction == RCV and strings == [LOGIN_START]:
             event["origin"] = "server"  # Evennia feeds this to new connections; nobody typed it
         if not config.allow_sparse:
@@ -242,11 +233,11 @@ class Builder:
             event = sparse(event)
         return event
 
-    def build_lifecycle(self, captured):
-        """A lifecycle record: who, where and from which connection, plus the record's own fields."""
-        when, kind, _direction, session, conn, seq, account, puppet, room, fields = captured
+    def _header(self, captured):
+        """The keys every record has: what, when, where from, who."""
+        when, kind, direction, session, conn, seq, account, puppet, room, _kwargs = captured
         config = self.config
-        event = {
+        return {
             "v": FORMAT_VERSION,
             "kind": kind,
             "time": iso_time(when),
@@ -254,6 +245,7 @@ class Builder:
             "application": config.application,
             "version": config.version,
             "pid": config.pid,
+            "direction": direction,
             "protocol": getattr(session, "protocol_key", ""),
             "ip": _ip(getattr(session, "address", "")),
             "session": f"session#{getattr(session, 'sessid', '')}",
@@ -263,19 +255,19 @@ class Builder:
             "character": _token(puppet),
             "room": _token(room),
         }
+
+    def build_lifecycle(self, captured):
+        """A lifecycle record: who, where and from which connection, plus the record's own fields."""
+        kind, conn, fields = captured[1], captured[4], captured[9]
+        event = self._header(captured)
+        del event["direction"]
         for key, value in fields.items():
             # Objects (the puppet, a created account) are recorded by name#dbref.
             event[key] = value if isinstance(value, (str, int, float, bool, type(None))) else _token(value)
         if kind == "disconnect":
             self.forget(conn)
-        event["objects"] = {
-            "time": datetime.datetime.fromtimestamp(when, _UTC),
-            "session": session,
-            "account": account,
-            "character": puppet,
-            "room": room,
-        }
-        if not config.allow_sparse:
+        event["objects"] = _objects(captured)
+        if not self.config.allow_sparse:
             event["objects"] = sparse(event["objects"])
             event = sparse(event)
         return event

@@ -293,22 +293,22 @@ def _create_confirmation(scrubber, text, logged_in):
     return masked + newline + rest, label
 
 
-def _new_password_set(scrubber, text, logged_in):
-    # CmdNewPassword to the admin: "NAME - new password set to 'PW'."
-    at = text.find(" - new password set to '")
-    if at < 0:
-        return text, None
-    span = _between_markers(text, "", " - new password set to '", ("'.",))
-    return _replace(text, span, "userpassword") if span else (text, None)
+def _echo_rule(marker, label):
+    """A rule for a whole message `PREFIX<marker>SECRET'.` (Evennia's userpassword replies)."""
+
+    def rule(scrubber, text, logged_in):
+        if marker not in text:
+            return text, None
+        span = _between_markers(text, "", marker, ("'.",))
+        return _replace(text, span, label) if span else (text, None)
+
+    return rule
 
 
-def _password_changed_by(scrubber, text, logged_in):
-    # CmdNewPassword to the account: "ADMIN has changed your password to 'PW'."
-    at = text.find(" has changed your password to '")
-    if at < 0:
-        return text, None
-    span = _between_markers(text, "", " has changed your password to '", ("'.",))
-    return _replace(text, span, "userpassword") if span else (text, None)
+# CmdNewPassword, to the admin: "NAME - new password set to 'PW'."
+_new_password_set = _echo_rule(" - new password set to '", "userpassword")
+# CmdNewPassword, to the account: "ADMIN has changed your password to 'PW'."
+_password_changed_by = _echo_rule(" has changed your password to '", "userpassword")
 
 
 _NOT_AVAILABLE = (("Command '", "' is not available"), ("Command \\'", "\\' is not available"))
