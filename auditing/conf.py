@@ -105,6 +105,7 @@ class AuditConfig:
     log_dir: str
     file_max_bytes: int
     syslog: dict
+    idle_command: str  # Evennia's IDLE_COMMAND: the webclient keep-alive, never an answer
     # Looked up once, not per event.
     hostname: str
     application: str
@@ -278,6 +279,7 @@ def load():
         log_dir=os.fspath(log_dir),
         file_max_bytes=_number("AUDIT_FILE_MAX_BYTES", int, 0),
         syslog=_syslog_options(),
+        idle_command=str(getattr(settings, "IDLE_COMMAND", "idle")),
         hostname=socket.gethostname(),
         application=str(getattr(settings, "SERVERNAME", "Evennia")),
         version=_evennia_version(),

@@ -277,10 +277,13 @@ class Builder:
         masked = []
         logged_in = bool(getattr(session, "logged_in", True))
         if direction == RCV:
-            if strings and state.armed_by:
+            if strings and state.armed_by and strings != [self.config.idle_command]:
                 # The last output asked for a password (or hid the echo): this line is the answer.
+                # (The webclient's keep-alive `idle` is discarded by Evennia: it answers nothing.)
                 masked.append(state.armed_by)
                 state.armed_by = None
+                for original in strings:
+                    state.remember(original, MASK, when)  # a game may echo the answer back
                 return MASK, masked
             cleaned = []
             for original in strings:
@@ -303,9 +306,22 @@ class Builder:
         # Armed until the next input line, whatever other output comes first.
         if _echo_off(kwargs, text_options):
             state.armed_by = "echo_off"
-        elif text:
+        elif text and _may_be_prompt(text, text_options):
             state.armed_by = scrubber.is_password_prompt(text) or state.armed_by
         return text, masked
+
+
+# Output types of player-authored messages (say, pose, whisper ...): what a player writes must not
+# arm the mask on the listeners' next line. Menus (EvMenu: "menu") and untyped output may.
+_PROMPT_TYPES = (None, "menu", "prompt", "input")
+
+
+def _may_be_prompt(text, text_options):
+    kind = text_options.get("type") if isinstance(text_options, dict) else None
+    if kind not in _PROMPT_TYPES:
+        return False
+    # Channel lines ("[Public] bob: what is the password?") are players talking too.
+    return not (text.startswith("[") and "] " in text[:80])
 
 
 def _echo_off(kwargs, text_options):

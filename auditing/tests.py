@@ -440,6 +440,21 @@ class TestScrubbing(AuditTestCase):
         self.assertEqual(self.records()[-1]["text"], MASK)
         self.assertNoSecret(["hunter2 typed blind"])
 
+    def test_answer_echoed_later_is_masked_and_keepalive_does_not_disarm(self):
+        self.guest.data_out(text="Enter the password for account bob (empty to abort):")
+        self.sent_in(self.guest, "idle")  # the webclient's keep-alive
+        self.sent_in(self.guest, "s3cret-answer")
+        self.guest.data_out(text="Command 's3cret-answer' is not available.")
+        idle, answer, echo = self.records()[-3:]
+        self.assertEqual((idle["text"], answer["text"]), ("idle", MASK))
+        self.assertEqual(echo["text"], f"Command '{MASK}' is not available.")
+
+    def test_poses_and_channels_do_not_arm(self):
+        self.session.data_out(text=("Bob asks for the password?", {"type": "pose"}))
+        self.session.data_out(text="[Public] Bob: what is the admin password?")
+        self.sent_in(self.session, "look")
+        self.assertEqual(self.records()[-1]["text"], "look")
+
     def test_speech_about_passwords_does_not_arm(self):
         self.session.data_out(text='Bob says, "enter your password:"')
         self.sent_in(self.session, "say what?")
