@@ -23,7 +23,7 @@ RCV = "RCV"  # client -> game
 SND = "SND"  # game -> client
 
 _UTC = datetime.timezone.utc
-_SPARSE_EMPTY = (None, "", [], {}, ())
+_EMPTY_TYPES = (str, list, dict, tuple)  # falsy values of these types are "empty"
 # What Evennia's session handler feeds a new connection as input (settings.CMD_LOGINSTART).
 LOGIN_START = "__unloggedin_look_command"
 # Several strings in one `text` become lines (the contrib used "|", which collides with colour codes).
@@ -93,13 +93,21 @@ def capture(session, direction, kwargs, kind="io", now=time.time, who=None):
 # ---------------------------------------------------------------- writer thread
 
 
+_second = [None, ""]  # the last whole second formatted, and its text
+
+
 def iso_time(timestamp):
     """ISO 8601 UTC with microseconds and a Z: 2026-11-27T07:40:12.123456Z."""
     whole = int(timestamp)
     micro = int(round((timestamp - whole) * 1_000_000))
     if micro == 1_000_000:
         whole, micro = whole + 1, 0
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{micro:06d}Z"
+    if _second[0] != whole:  # one strftime per second, not per event
+        _second[0], _second[1] = whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+    return f"{_second[1]}.{micro:06d}Z"
+
+
+_tokens = {}  # id(obj) -> (pk, name, "name#dbref"): names are read per event, formatted once
 
 
 def _token(obj):
@@ -107,8 +115,15 @@ def _token(obj):
     if obj is None:
         return ""
     try:
-        dbref = obj.dbref
-        return f"{obj.key}{dbref}" if dbref else str(obj.key)
+        pk, name = obj.id, obj.key
+        cached = _tokens.get(id(obj))
+        if cached is not None and cached[0] == pk and cached[1] == name:
+            return cached[2]
+        token = f"{name}#{pk}" if pk else str(name)
+        if len(_tokens) > 100_000:
+            _tokens.clear()
+        _tokens[id(obj)] = (pk, name, token)
+        return token
     except Exception:
         return repr(obj)
 
@@ -146,21 +161,28 @@ def split_text(kwargs):
     return flatten_text(value), (options or None)
 
 
-def _objects(captured):
+def _objects(captured, sparse_mode=False):
     """The live objects of an event, for callbacks (never serialised)."""
     when, _kind, _direction, session, _conn, _seq, account, puppet, room, _kwargs = captured
-    return {
+    objects = {
         "time": datetime.datetime.fromtimestamp(when, _UTC),
         "session": session,
         "account": account,
         "character": puppet,
         "room": room,
     }
+    if sparse_mode:  # identity test: Evennia objects compare slowly (and oddly) with ==
+        objects = {key: value for key, value in objects.items() if value is not None}
+    return objects
 
 
 def sparse(record):
-    """Drop keys whose value is None or empty ("", [], {}); keep 0 and False."""
-    return {key: value for key, value in record.items() if value not in _SPARSE_EMPTY}
+    """Drop keys whose value is None or empty ("", [], {}, ()); keep 0 and False."""
+    return {
+        key: value
+        for key, value in record.items()
+        if value or (value is not None and type(value) not in _EMPTY_TYPES)
+    }
 
 
 class Builder:
@@ -171,9 +193,13 @@ class Builder:
         scrubber (scrub.Scrubber): the masking rules.
     """
 
-    def __init__(self, config, scrubber):
+    def __init__(self, config, scrubber, with_objects=True):
         self.config = config
         self.scrubber = scrubber
+        # Built-in outputs drop `objects` unread: they are only made for custom callbacks.
+        self.with_objects = with_objects
+        self._who = {}  # (conn, account, puppet, room) -> the header keys they determine
+        self._who_second = None
         self.states = {}  # conn -> scrub.ConnectionScrubState
         from .scrub import ConnectionScrubState
 
@@ -195,81 +221,101 @@ class Builder:
         when, kind, direction, session, conn, seq, account, puppet, room, kwargs = captured
         if kind != "io":
             return self.build_lifecycle(captured)
-        config = self.config
         kwargs = dict(kwargs)
         strings, text_options = split_text(kwargs)
         state = self.state(conn)
         text, masked = self._scrub_text(direction, strings, kwargs, text_options, state, when, session)
-        data = kwargs
+        sparse_mode = not self.config.allow_sparse
+        if kwargs:
+            data, data_labels = self.scrubber.data(
+                kwargs, self.scrubber.command if direction == RCV else self.scrubber.output
+            )
+            for label in data_labels:
+                if label not in masked:
+                    masked.append(label)
+            if sparse_mode:
+                # An OOB command's name is information even with no arguments: only None goes.
+                data = {key: value for key, value in data.items() if value is not None}
+        else:
+            data = {}
         if text_options:
-            data = dict(kwargs, text_options=text_options)
-        data, data_labels = self.scrubber.data(
-            data,
-            self.scrubber.command if direction == RCV else self.scrubber.output,
-        )
-        masked.extend(label for label in data_labels if label not in masked)
+            # The game's own options for the text ({"type": "say"}): secret-named keys are masked,
+            # the values are not scrubbed as text (but in RCV they came from the client: they are).
+            if direction == RCV:
+                text_options, labels = self.scrubber.data(text_options, self.scrubber.command)
+                masked.extend(label for label in labels if label not in masked)
+            else:
+                text_options = self.scrubber.secret_keys(text_options, masked)
+            if sparse_mode:
+                text_options = sparse(text_options)
+            if text_options:
+                data["text_options"] = text_options
+        text = text.strip()
         event = self._header(captured)
-        event.update({
-            "text": text.strip(),
-            "bytes": len(text.strip().encode("utf-8")),
-            "data": data,
-            "masked": masked,
-            "objects": _objects(captured),
-        })
+        if text or not sparse_mode:
+            event["text"] = text
+        event["bytes"] = len(text.encode("utf-8"))
+        if data or not sparse_mode:
+            event["data"] = data
+        if masked or not sparse_mode:
+            event["masked"] = masked
         if direction == RCV and strings == [LOGIN_START]:
             event["origin"] = "server"  # Evennia feeds this to new connections; nobody typed it
-        if not config.allow_sparse:
-            # An OOB command's name is information even with no arguments: only None goes.
-            if isinstance(data, dict):
-                event["data"] = {key: value for key, value in data.items() if value is not None}
-                options = event["data"].get("text_options")
-                if isinstance(options, dict):
-                    options = sparse(options)
-                    if options:
-                        event["data"]["text_options"] = options
-                    else:
-                        del event["data"]["text_options"]
-            event["objects"] = sparse(event["objects"])
-            event = sparse(event)
+        if self.with_objects:
+            event["objects"] = _objects(captured, sparse_mode)
         return event
 
     def _header(self, captured):
-        """The keys every record has: what, when, where from, who."""
+        """The keys every record has: what, when, which connection, where from, who."""
         when, kind, direction, session, conn, seq, account, puppet, room, _kwargs = captured
+        event = {"v": FORMAT_VERSION, "kind": kind, "time": iso_time(when)}
+        if direction is not None:
+            event["direction"] = direction
+        event["conn"] = conn
+        event["seq"] = seq
+        # The rest is the same for every event of a connection while its account, character and
+        # room stay: made once and reused, and forgotten every second so that renames show.
+        second = int(when)
+        if second != self._who_second:
+            self._who.clear()
+            self._who_second = second
+        key = (conn, id(account), id(puppet), id(room))
+        who = self._who.get(key)
+        if who is None:
+            who = self._who[key] = self._who_and_where(session, account, puppet, room)
+        event.update(who)
+        return event
+
+    def _who_and_where(self, session, account, puppet, room):
         config = self.config
-        return {
-            "v": FORMAT_VERSION,
-            "kind": kind,
-            "time": iso_time(when),
+        who = {
             "hostname": config.hostname,
             "application": config.application,
             "version": config.version,
             "pid": config.pid,
-            "direction": direction,
             "protocol": getattr(session, "protocol_key", ""),
             "ip": _ip(getattr(session, "address", "")),
             "session": f"session#{getattr(session, 'sessid', '')}",
-            "conn": conn,
-            "seq": seq,
             "account": _token(account),
             "character": _token(puppet),
             "room": _token(room),
         }
+        return sparse(who) if not config.allow_sparse else who
 
     def build_lifecycle(self, captured):
         """A lifecycle record: who, where and from which connection, plus the record's own fields."""
         kind, conn, fields = captured[1], captured[4], captured[9]
         event = self._header(captured)
-        del event["direction"]
         for key, value in fields.items():
             # Objects (the puppet, a created account) are recorded by name#dbref.
             event[key] = value if isinstance(value, (str, int, float, bool, type(None))) else _token(value)
         if kind == "disconnect":
             self.forget(conn)
-        event["objects"] = _objects(captured)
-        if not self.config.allow_sparse:
-            event["objects"] = sparse(event["objects"])
+        sparse_mode = not self.config.allow_sparse
+        if sparse_mode:
             event = sparse(event)
+        if self.with_objects:
+            event["objects"] = _objects(captured, sparse_mode)
         return event
 
     def _scrub_text(self, direction, strings, kwargs, text_options, state, when, session):

@@ -116,14 +116,14 @@ class LossTracker:
 class RecentRecords:
     """The last records of each account, character and connection, kept in memory by the writer.
 
-    Bounded: `per_key` records for each of at most `max_keys` keys (the least recently used go).
+    Bounded: `per_key` records for each of at most `max_keys` keys (the oldest keys go first).
     The records are the scrubbed ones the sink gets, so showing them reveals no secret.
     """
 
     def __init__(self, per_key=200, max_keys=2000):
         self.per_key = per_key
         self.max_keys = max_keys
-        self._by_key = collections.OrderedDict()
+        self._by_key = {}
 
     def add(self, event):
         for field in ("account", "character", "conn"):
@@ -135,10 +135,8 @@ class RecentRecords:
         records = self._by_key.get(key)
         if records is None:
             if len(self._by_key) >= self.max_keys:
-                self._by_key.popitem(last=False)
+                self._by_key.pop(next(iter(self._by_key)))  # the oldest key seen
             records = self._by_key[key] = collections.deque(maxlen=self.per_key)
-        else:
-            self._by_key.move_to_end(key)
         records.append(event)
 
     def get(self, field, key, limit):
@@ -158,7 +156,11 @@ class Pipeline:
     def __init__(self, config, clock=time.time):
         self.config = config
         self.clock = clock
-        self.builder = Builder(config, Scrubber(config.masks, config.prompt_masks))
+        self.builder = Builder(
+            config,
+            Scrubber(config.masks, config.prompt_masks),
+            with_objects=getattr(config.callback, "make_sink", None) is None,
+        )
         self.queue = collections.deque()
         self.capacity = config.queue_size
         self.interval = config.flush_interval
@@ -241,7 +243,8 @@ class Pipeline:
 
     def _drain(self):
         with self._lock:
-            self._account_overflow()
+            if self._account_overflow():
+                self._deliver([])  # the loss record goes out even if no event follows
             while self.queue:
                 batch = []
                 popleft = self.queue.popleft
@@ -256,22 +259,25 @@ class Pipeline:
                 self._deliver([])
 
     def _account_overflow(self):
+        """Count events the game thread could not queue; True if there were any."""
         refused = self.overflow - self._overflow_seen
-        if refused > 0:
-            self._overflow_seen += refused
-            if not self.loss.failing and not self.loss.lost:
-                _log(
-                    "err",
-                    f"audit queue full (AUDIT_QUEUE_SIZE={self.capacity}): events are being "
-                    "counted as lost until the writer catches up",
-                )
-            self.loss.add(
-                refused,
-                self.overflow_first or self.clock(),
-                self.overflow_last or self.clock(),
-                f"queue full (AUDIT_QUEUE_SIZE={self.capacity})",
+        if refused <= 0:
+            return False
+        self._overflow_seen += refused
+        if not self.loss.failing and not self.loss.lost:
+            _log(
+                "err",
+                f"audit queue full (AUDIT_QUEUE_SIZE={self.capacity}): events are being "
+                "counted as lost until the writer catches up",
             )
-            self.overflow_first = None
+        self.loss.add(
+            refused,
+            self.overflow_first or self.clock(),
+            self.overflow_last or self.clock(),
+            f"queue full (AUDIT_QUEUE_SIZE={self.capacity})",
+        )
+        self.overflow_first = None
+        return True
 
     def _build(self, batch):
         events = []
@@ -309,9 +315,9 @@ class Pipeline:
             event.pop("objects", None)
             pending.append((when, serialize(event), 0))
         now = self.clock()
+        self._trim_pending()  # before the loss record: it must not push out a real record
         if not self.loss.failing:
             self._queue_loss_record(now)
-        self._trim_pending()
         if now < self._retry_at and not self._stopping:
             return
         self._write_pending(now)

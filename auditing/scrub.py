@@ -53,6 +53,18 @@ BUILTIN_PROMPTS = (
 )
 
 
+def _ends_like_question(text):
+    """Cheap test before the prompt regexes: does the text end in ':', '?' or '>' (+ |n codes)?"""
+    end = len(text)
+    while True:
+        while end and text[end - 1].isspace():
+            end -= 1
+        if end >= 2 and text[end - 2] == "|" and text[end - 1] in "nN/":
+            end -= 2
+            continue
+        return end > 0 and text[end - 1] in ":?>"
+
+
 def osa_distance(a, b, limit=_TYPO_MAX_DISTANCE):
     """Optimal string alignment distance (edits incl. transpositions), `limit + 1` if above limit."""
     if abs(len(a) - len(b)) > limit:
@@ -149,7 +161,7 @@ class Scrubber:
 
     def __init__(self, user_masks=(), prompt_masks=()):
         self.user_masks = tuple(user_masks)
-        self.prompts = BUILTIN_PROMPTS + tuple((m.label, m.regex) for m in prompt_masks)
+        self.user_prompts = tuple((m.label, m.regex) for m in prompt_masks)
 
     # ---------------------------------------------------------------- input
 
@@ -212,21 +224,37 @@ class Scrubber:
 
     def output(self, text, logged_in=True):
         """Scrub one output message (Evennia's echoes of a password). Returns (text, label or None)."""
-        for rule in (_create_confirmation, _new_password_set, _password_changed_by, _not_available):
-            text, label = rule(self, text, logged_in)
-            if label:
-                return text, label
+        if "'" in text:  # every built-in echo rule quotes the secret or the command line
+            for rule in _OUTPUT_RULES:
+                text, label = rule(self, text, logged_in)
+                if label:
+                    return text, label
         return self._user_masks(text)
 
     def is_password_prompt(self, text):
         """The label of the prompt rule this output matches, or None."""
         tail = text[-400:]  # a prompt is the end of what was sent; keeps the cost flat
-        for label, regex in self.prompts:
+        if _ends_like_question(tail):
+            for label, regex in BUILTIN_PROMPTS:
+                if regex.search(tail):
+                    return label
+        for label, regex in self.user_prompts:
             if regex.search(tail):
                 return label
         return None
 
     # ---------------------------------------------------------------- data
+
+    @staticmethod
+    def secret_keys(options, labels):
+        """Mask the values of secret-named keys of an option dict (one level); other values stay."""
+        if not any(_is_secret_key(key, False) for key in options):
+            return options
+        labels.append("secret_key")
+        return {
+            key: MASK if _is_secret_key(key, False) and value not in (None, "") else value
+            for key, value in options.items()
+        }
 
     def data(self, value, scrub_text, depth=0):
         """Scrub OOB command arguments and options: secret-named keys, and every string."""
@@ -243,9 +271,7 @@ class Scrubber:
             if isinstance(item, dict):
                 cleaned = {}
                 for key, val in item.items():
-                    secret = isinstance(key, str) and (
-                        SECRET_KEY.search(key) or (level == depth and SECRET_COMMAND.search(key))
-                    )
+                    secret = _is_secret_key(key, level == depth)
                     if secret and val not in (None, "", [], {}):
                         labels.append("secret_key")
                         cleaned[key] = MASK
@@ -259,6 +285,21 @@ class Scrubber:
             return item
 
         return walk(value, depth), labels
+
+
+_secret_keys = {}
+
+
+def _is_secret_key(key, top_level):
+    """Does this OOB command or option name say its value is a secret? (memoised: names repeat)"""
+    known = _secret_keys.get((key, top_level))
+    if known is None:
+        known = isinstance(key, str) and bool(
+            SECRET_KEY.search(key) or (top_level and SECRET_COMMAND.search(key))
+        )
+        if len(_secret_keys) < 10_000:
+            _secret_keys[(key, top_level)] = known
+    return known
 
 
 def _between_markers(text, head, middle, tail_marks):
@@ -329,6 +370,9 @@ def _not_available(scrubber, text, logged_in):
         if label:
             return text[:inner_start] + masked + text[inner_end:], label
     return text, None
+
+
+_OUTPUT_RULES = (_create_confirmation, _new_password_set, _password_changed_by, _not_available)
 
 
 class ConnectionScrubState:

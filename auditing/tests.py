@@ -885,3 +885,26 @@ class TestAuditCommand(AuditTestCase):
         shown = self.run_command(self.char1, "/stats")
         self.assertRegex(shown, r"delivered\s+\d+")
         self.assertRegex(shown, r"lost\s+0")
+
+
+class TestLossRecords(EvenniaTest):
+    def test_loss_record_written_even_when_no_event_follows(self):
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        with override_settings(AUDIT_CALLBACK="auditing.outputs.to_file", AUDIT_LOG_DIR=directory,
+                               AUDIT_QUEUE_SIZE=1000):
+            pipeline = Pipeline(conf.load())  # no writer thread: nothing drains during the burst
+        with mock.patch("auditing.pipeline._log"):
+            for index in range(5000):
+                pipeline.submit(capture(self.session, RCV, {"text": ([f"n{index}"], {})}))
+            pipeline.stop()
+        records = []
+        for name in os.listdir(directory):
+            with open(os.path.join(directory, name), "rb") as handle:
+                records.extend(json.loads(line) for line in handle.read().splitlines())
+        io = [r for r in records if r["kind"] == "io"]
+        loss = [r for r in records if r["kind"] == "loss"]
+        self.assertEqual(len(io), 1000)  # the queue's capacity, none pushed out by the loss record
+        self.assertEqual([r["lost"] for r in loss], [4000])
+        self.assertEqual(pipeline.stats()["lost"], 4000)
+        self.assertEqual(len(io) + loss[0]["lost"], 5000)  # every event accounted for
