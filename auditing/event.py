@@ -16,6 +16,8 @@ import itertools
 import os
 import time
 
+import orjson
+
 from . import FORMAT_VERSION
 from .scrub import MASK
 
@@ -198,8 +200,9 @@ class Builder:
         self.scrubber = scrubber
         # Built-in outputs drop `objects` unread: they are only made for custom callbacks.
         self.with_objects = with_objects
-        self._who = {}  # (conn, account, puppet, room) -> the header keys they determine
+        self._who = {}  # (conn, account, puppet, room) -> (the keys they determine, as JSON)
         self._who_second = None
+        self.last_parts = None
         self.states = {}  # conn -> scrub.ConnectionScrubState
         from .scrub import ConnectionScrubState
 
@@ -251,7 +254,7 @@ class Builder:
             if text_options:
                 data["text_options"] = text_options
         text = text.strip()
-        event = self._header(captured)
+        event = self._head(captured)
         if text or not sparse_mode:
             event["text"] = text
         event["bytes"] = len(text.encode("utf-8"))
@@ -261,20 +264,25 @@ class Builder:
             event["masked"] = masked
         if direction == RCV and strings == [LOGIN_START]:
             event["origin"] = "server"  # Evennia feeds this to new connections; nobody typed it
-        if self.with_objects:
-            event["objects"] = _objects(captured, sparse_mode)
-        return event
+        return self._finish(event, captured, sparse_mode)
 
-    def _header(self, captured):
-        """The keys every record has: what, when, which connection, where from, who."""
-        when, kind, direction, session, conn, seq, account, puppet, room, _kwargs = captured
-        event = {"v": FORMAT_VERSION, "kind": kind, "time": iso_time(when)}
+    def _head(self, captured):
+        """The keys that change with every record: what, when, which connection."""
+        when, kind, direction, _session, conn, seq = captured[:6]
+        head = {"v": FORMAT_VERSION, "kind": kind, "time": iso_time(when)}
         if direction is not None:
-            event["direction"] = direction
-        event["conn"] = conn
-        event["seq"] = seq
-        # The rest is the same for every event of a connection while its account, character and
-        # room stay: made once and reused, and forgotten every second so that renames show.
+            head["direction"] = direction
+        head["conn"] = conn
+        head["seq"] = seq
+        return head
+
+    def _finish(self, head, captured, sparse_mode):
+        """Add the keys that stay the same while the connection's account, character and room do.
+
+        Those are made (and serialised) once and reused, and forgotten every second so that renames
+        show. `last_parts` keeps (head, serialised rest) of this record for `serialize_parts`.
+        """
+        when, _kind, _direction, session, conn, _seq, account, puppet, room, _kwargs = captured
         second = int(when)
         if second != self._who_second:
             self._who.clear()
@@ -282,8 +290,12 @@ class Builder:
         key = (conn, id(account), id(puppet), id(room))
         who = self._who.get(key)
         if who is None:
-            who = self._who[key] = self._who_and_where(session, account, puppet, room)
-        event.update(who)
+            who_dict = self._who_and_where(session, account, puppet, room)
+            who = self._who[key] = (who_dict, orjson.dumps(who_dict)[1:])
+        self.last_parts = (head, who[1])
+        event = {**head, **who[0]}
+        if self.with_objects:
+            event["objects"] = _objects(captured, sparse_mode)
         return event
 
     def _who_and_where(self, session, account, puppet, room):
@@ -305,7 +317,7 @@ class Builder:
     def build_lifecycle(self, captured):
         """A lifecycle record: who, where and from which connection, plus the record's own fields."""
         kind, conn, fields = captured[1], captured[4], captured[9]
-        event = self._header(captured)
+        event = self._head(captured)
         for key, value in fields.items():
             # Objects (the puppet, a created account) are recorded by name#dbref.
             event[key] = value if isinstance(value, (str, int, float, bool, type(None))) else _token(value)
@@ -314,9 +326,7 @@ class Builder:
         sparse_mode = not self.config.allow_sparse
         if sparse_mode:
             event = sparse(event)
-        if self.with_objects:
-            event["objects"] = _objects(captured, sparse_mode)
-        return event
+        return self._finish(event, captured, sparse_mode)
 
     def _scrub_text(self, direction, strings, kwargs, text_options, state, when, session):
         scrubber = self.scrubber
