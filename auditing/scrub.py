@@ -92,16 +92,24 @@ def _is_typo_of(word, name, min_length):
     )
 
 
+_LEADING_SPACE = re.compile(r"\s*")
+_WORD = re.compile(r'[^\s"]*')  # a command word, or an unquoted name: up to a space or a quote
+# Lines of a multi-line input that may hold a built-in password command: the login and password
+# commands (and their typos, which keep the first letter) start with c, p or u.
+_CANDIDATE_LINE = re.compile(r"(?m)^[ \t]*[@&/+]?[cpuCPU][^\n\r]*")
+_ANY_LINE = re.compile(r"(?m)^[^\n\r]+")
+
+
 def _split_command(line):
-    """Return (prefix_end, word, args_start) the way Evennia's parser sees a command line."""
-    start = len(line) - len(line.lstrip())
+    """Return (prefix_end, word, args_start) the way Evennia's parser sees a command line.
+
+    The word is cut at 32 characters: no command it is compared with is longer.
+    """
+    start = _LEADING_SPACE.match(line).end()
     if start < len(line) and line[start] in _IGNORE_PREFIXES:
         start += 1
-    end = start
-    length = len(line)
-    while end < length and not line[end].isspace() and line[end] != '"':
-        end += 1
-    return start, line[start:end].lower(), end
+    end = _WORD.match(line, start).end()
+    return start, line[start : min(end, start + 32)].lower(), end
 
 
 def _mask_name_and_secret(line, args_start, label):
@@ -120,13 +128,7 @@ def _mask_name_and_secret(line, args_start, label):
         close = stripped.find('"', 1)
         name_end = len(stripped) if close < 0 else close + 1
     else:
-        name_end = 0
-        while (
-            name_end < len(stripped)
-            and not stripped[name_end].isspace()
-            and stripped[name_end] != '"'
-        ):
-            name_end += 1
+        name_end = _WORD.match(stripped).end()
     secret = stripped[name_end:].strip()
     if secret:
         return line[: offset + name_end] + " " + MASK, label
@@ -168,7 +170,7 @@ class Scrubber:
     def command(self, line, logged_in=True):
         """Scrub one input line. Returns (text, label or None)."""
         if "\n" in line or "\r" in line:
-            return self._each_line(line, lambda part: self.command(part, logged_in))
+            return self._multiline(line, logged_in)
         start, word, args_start = _split_command(line)
         if word:
             masked, label = self._builtin_command(line, start, word, args_start, logged_in)
@@ -210,15 +212,34 @@ class Scrubber:
                     return text[:begin] + MASK + text[end:], mask.label
         return text, None
 
-    @staticmethod
-    def _each_line(text, scrub_line):
-        labels = []
-        parts = re.split(r"(\r\n|\r|\n)", text)
-        for index in range(0, len(parts), 2):
-            parts[index], label = scrub_line(parts[index])
+    def _multiline(self, text, logged_in):
+        """Input with line breaks (the webclient can send them).
+
+        Evennia runs such a text as one command, so a password command on the first line takes
+        everything after it as its arguments: masked to the end. Otherwise each line that could be
+        a password command is scrubbed on its own (identical lines once), so the cost stays linear.
+        """
+        start, word, args_start = _split_command(text)
+        if word:
+            masked, label = self._builtin_command(text, start, word, args_start, logged_in)
             if label:
-                labels.append(label)
-        return "".join(parts), (labels[0] if labels else None)
+                return masked, label
+        lines = _ANY_LINE if self.user_masks else _CANDIDATE_LINE
+        pieces, labels, done, memo = [], [], 0, {}
+        for match in lines.finditer(text):
+            line = match.group()
+            result = memo.get(line)
+            if result is None:
+                result = memo[line] = self.command(line, logged_in)
+            if result[1]:
+                pieces.append(text[done : match.start()])
+                pieces.append(result[0])
+                done = match.end()
+                labels.append(result[1])
+        if not labels:
+            return text, None
+        pieces.append(text[done:])
+        return "".join(pieces), labels[0]
 
     # ---------------------------------------------------------------- output
 

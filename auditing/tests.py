@@ -423,6 +423,19 @@ class TestScrubbing(AuditTestCase):
             self.assertLessEqual(len(masked), len(line) + len(MASK))
         self.assertEqual(self.guest.mask("connect " + "a" * 3000 + " " + "b" * 2990), "connect " + "a" * 3000 + " " + MASK)
 
+    def test_multiline_input(self):
+        # Evennia runs a multi-line text as one command: the password takes all that follows.
+        self.assertEqual(self.guest.mask("connect bob pw\nlook"), f"connect bob {MASK}")
+        # Otherwise each line that is a password command is masked on its own.
+        self.assertEqual(
+            self.session.mask("look\n@password old = new\nsay hi"), f"look\n@password {MASK}\nsay hi"
+        )
+        line = "whisper johnny = password\n let's lynch the landlord"
+        self.assertEqual(self.session.mask(line), line)
+        many = "connect a b\n" * 545
+        self.assertEqual(self.guest.mask(many), f"connect a {MASK}")
+        self.assertEqual(self.session.mask("say x\n" + "password p\n" * 500), "say x\n" + f"password {MASK}\n" * 500)
+
     def test_prompt_arms_mask_for_next_input_line(self):
         self.guest.data_out(text="Enter the password for account bob (empty to abort):")
         self.guest.data_out(text="(a server notice arriving before the answer)")
