@@ -132,6 +132,8 @@ class SyslogSink(Sink):
         self._sock = None
         self._poll = None
         self._sent = 0  # records of the current batch sent so far, when a send fails
+        self._unconfirmed = []  # TCP: the last batch sent, resent if the server closed after it
+        self._resend = []  # ... until a write succeeds
 
     # -- connection -------------------------------------------------------------------------------
 
@@ -220,23 +222,33 @@ class SyslogSink(Sink):
         """
         if not records:
             return
+        if self._sock is not None and self._poll is not None and self._peer_closed():
+            # The server closed the connection after our last write (a restart): what it had not
+            # yet processed is gone without an error. Send the last batch again: an audit trail
+            # prefers a duplicate (same conn and seq) to a silent loss.
+            self._resend = self._unconfirmed
+            self._close_socket()
+        resend = self._resend
+        batch = resend + list(records)
         self._sent = 0
         retry = self.transport != "udp"
         while True:
             try:
                 head = self._header()
-                if self._sock is None or (self._poll is not None and self._peer_closed()):
+                if self._sock is None:
                     self._connect()
                 if self.transport == "tcp":
-                    self._send_stream(head, records, self._sent)
+                    self._send_stream(head, batch, self._sent)
                 else:
-                    self._send_datagrams(head, records, self._sent)
+                    self._send_datagrams(head, batch, self._sent)
+                if self.transport == "tcp":
+                    self._unconfirmed, self._resend = list(records), []
                 return
             except Exception as err:
                 if isinstance(err, OSError) and err.errno == errno.EMSGSIZE:
                     # This record can never go as one datagram; the ones after it still can.
                     raise SinkError(
-                        f"syslog {self.where}: a record of {len(records[self._sent])} bytes is "
+                        f"syslog {self.where}: a record of {len(batch[self._sent])} bytes is "
                         "too large for one datagram (use transport 'tcp')",
                         self._sent,
                         rejected=1,
@@ -246,7 +258,8 @@ class SyslogSink(Sink):
                     retry = False
                     continue
                 raise SinkError(
-                    f"syslog {self.where}: {type(err).__name__}: {err}", self._sent
+                    f"syslog {self.where}: {type(err).__name__}: {err}",
+                    max(0, self._sent - len(resend)),
                 ) from err
 
     def flush(self):

@@ -194,6 +194,7 @@ class SyslogFailureTest(unittest.TestCase):
         sink = syslog_sink(self.server.unix_path)
         self.addCleanup(sink.close)
         sink.write([self.record(0)])
+        self.assertEqual(self.wait_ids(1), [0])  # read by rsyslogd before it stops
         self.server.stop()
         for _ in range(2):  # stays an error, on the old connection and on a new one
             with self.assertRaises(SinkError) as caught:
@@ -241,8 +242,11 @@ class SyslogFailureTest(unittest.TestCase):
             time.sleep(0.5)
             received = self.ids()
 
-        self.assertEqual(len(received), len(set(received)), "duplicates")
-        self.assertEqual(received, sorted(received), "out of order")
+        # The last batch before the stop is sent again after the restart (the sink cannot know
+        # what rsyslogd had processed): duplicates of it are allowed, nothing else is.
+        duplicates = {n for n in received if received.count(n) > 1}
+        self.assertLessEqual(duplicates, in_flight, "duplicates outside the resent batch")
+        received = sorted(set(received))
         self.assertEqual(len(delivered) + len(undelivered), total)
         self.assertEqual(
             undelivered,
@@ -252,10 +256,8 @@ class SyslogFailureTest(unittest.TestCase):
             set(received) & set(undelivered), "records reported undelivered were delivered"
         )
         missing = set(delivered) - set(received)
-        self.assertLessEqual(
-            missing, in_flight, "lost records outside the last batch before the stop"
-        )
-        self.assertEqual(set(received) | missing | set(undelivered), set(range(total)))
+        self.assertEqual(missing, set(), "records lost silently (the last batch is resent)")
+        self.assertEqual(set(received) | set(undelivered), set(range(total)))
 
     def test_tcp_restart_while_streaming(self):
         """rsyslogd restarts (another thread) while records stream; failed parts are retried.
@@ -316,8 +318,9 @@ class SyslogFailureTest(unittest.TestCase):
                     received.append(json.loads(line)["n"])
                 except ValueError:
                     partial.append(line)  # a message cut by the stop, resent whole afterwards
-        self.assertEqual(len(received), len(set(received)), "duplicates")
-        self.assertEqual(received, sorted(received), "out of order")
+        duplicates = {n for n in received if received.count(n) > 1}
+        self.assertLessEqual(duplicates, set(range(window_start, total)), "duplicates before the restart")
+        received = sorted(set(received))
         missing = set(range(total)) - set(received)
         self.assertLessEqual(
             missing, set(range(window_start, window_end)), "lost outside the window"
