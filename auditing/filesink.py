@@ -15,6 +15,7 @@ error is ended with a newline before the next write, so it stands alone as one m
 `evennia-audit` reports, and the record is then written whole.
 """
 
+import errno
 import os
 import time
 
@@ -130,7 +131,12 @@ class FileSink(Sink):
         if self._fd is not None and day == self._day and self._still_ours(path):
             return
         self._close_fd()
-        os.makedirs(self.directory, mode=DIR_MODE, exist_ok=True)
+        try:
+            os.makedirs(self.directory, mode=DIR_MODE, exist_ok=True)
+        except FileExistsError:
+            raise NotADirectoryError(
+                errno.ENOTDIR, f"{self.directory} exists and is not a directory"
+            ) from None
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
         os.fchmod(fd, FILE_MODE)  # an existing file keeps a looser mode otherwise
         stat = os.fstat(fd)

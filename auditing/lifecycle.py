@@ -35,6 +35,52 @@ _STALE_AFTER = 600.0  # seconds: an older file is from a server that did not com
 
 # The session whose input Evennia is executing right now (game thread), for signals that carry none.
 executing = None
+# How the server is going down ("reload", "reset" or "shutdown"), seen by `watch_shutdown`.
+shutdown_mode = None
+
+
+def watch_shutdown():
+    """Note the mode Evennia's server service shuts down with (idempotent).
+
+    Only a "shutdown" (`evennia stop`, `reboot`) closes the connections; on a reload or reset the
+    portal keeps them, and their ids carry over. Evennia sends no signal for it, so the service's
+    `shutdown` method is wrapped to remember its `mode` before it runs.
+    """
+    try:
+        import evennia
+
+        service = evennia.EVENNIA_SERVER_SERVICE
+    except Exception:
+        return
+    if service is None or getattr(service.shutdown, "audit_wrapped", False):
+        return
+    original = service.shutdown
+
+    def shutdown(mode="reload", _reactor_stopping=False, **kwargs):
+        global shutdown_mode
+        if shutdown_mode is None or not _reactor_stopping:
+            shutdown_mode = mode
+        return original(mode=mode, _reactor_stopping=_reactor_stopping, **kwargs)
+
+    shutdown.audit_wrapped = True
+    service.shutdown = shutdown
+
+
+def close_all(live, reason="server shutdown"):
+    """At a full shutdown: logout and disconnect records for every open connection."""
+    try:
+        import evennia
+
+        sessions = list(evennia.SESSION_HANDLER.values())
+    except Exception:
+        return
+    for session in sessions:
+        if getattr(session, "audit_conn", None) is None:
+            continue
+        account = session.account if session.logged_in else None
+        if account is not None:
+            live.record(session, "logout", who=(account, None))
+        live.record(session, "disconnect", who=(account, None), reason=reason)
 
 
 def origin_key(session):

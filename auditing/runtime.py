@@ -36,8 +36,10 @@ class Runtime:
         self.tap_out = self._make_tap(SND) if config.audit_out else _ignore
         self.error = None
         self._stopped = False
+        self._saved = False
         lifecycle.load_connections(config)
         lifecycle.connect_signals()
+        lifecycle.watch_shutdown()
         # A clean stop, reload or reboot flushes every queued event before the process exits.
         try:
             from twisted.internet import reactor
@@ -67,6 +69,11 @@ class Runtime:
         if self._stopped:
             return
         self._stopped = True
+        if lifecycle.shutdown_mode == "shutdown":
+            # The portal goes too: every connection ends here, and nothing carries over.
+            lifecycle.close_all(self)
+            save = False
+        self._saved = save
         self.pipeline.stop()  # drained first: the saved state includes every prompt seen
         if save:
             lifecycle.save_connections(self.config, self.pipeline.builder)
@@ -74,7 +81,8 @@ class Runtime:
     def _at_exit(self):
         # Events after the shutdown trigger (disconnect notices) moved the sequence numbers on.
         if self._stopped:
-            lifecycle.save_connections(self.config, self.pipeline.builder)
+            if self._saved:
+                lifecycle.save_connections(self.config, self.pipeline.builder)
         else:
             self.stop()
 

@@ -24,6 +24,7 @@ import tempfile
 import time
 import unittest
 
+from auditing.testing.checks import leak_forms, plain, strings_in
 from auditing.testing.clients import TelnetClient, WebClient
 from auditing.testing.game import AUDITED_SESSION_CLASS, GameServer
 
@@ -51,36 +52,6 @@ ROOM = "Limbo#2"
 def _session_class():
     value = os.environ.get("AUDIT_E2E_SESSION_CLASS", AUDITED_SESSION_CLASS)
     return None if value in ("", "default") else value
-
-
-def _leak_forms(secret):
-    """Ways a secret can appear in JSON Lines bytes: raw UTF-8 and JSON-escaped (both flavours)."""
-    forms = {
-        secret.encode("utf-8"),
-        json.dumps(secret)[1:-1].encode("ascii"),
-        json.dumps(secret, ensure_ascii=False)[1:-1].encode("utf-8"),
-    }
-    return forms
-
-
-def _strings(value):
-    """Every string inside a decoded record (keys and values, recursively)."""
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield from _strings(key)
-            yield from _strings(item)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _strings(item)
-
-
-def plain(text):
-    """Record text without Evennia colour markup."""
-    from evennia.utils.ansi import strip_ansi
-
-    return strip_ansi(text or "")
 
 
 class AuditEndToEndTest(unittest.TestCase):
@@ -366,12 +337,12 @@ class AuditEndToEndTest(unittest.TestCase):
         self.assertTrue(self.raw)
         leaks = []
         for secret in PASSWORDS:
-            for form in _leak_forms(secret):
+            for form in leak_forms(secret):
                 if form in self.raw:
                     at = self.raw.index(form)
                     leaks.append(f"{secret!r} as {form!r}: ...{self.raw[max(0, at - 150):at + 60]!r}")
         for record in self.records:
-            for text in _strings(record):
+            for text in strings_in(record):
                 leaks += [f"{secret!r} in decoded {text[:200]!r}" for secret in PASSWORDS if secret in text]
         self.assertFalse(leaks, "passwords in the audit trail:\n" + "\n".join(leaks))
 

@@ -27,6 +27,7 @@ import tempfile
 import time
 import unittest
 
+from auditing.testing.checks import leak_forms, plain, strings_in
 from auditing.testing.clients import TelnetClient, WebClient
 from auditing.testing.game import GameServer
 
@@ -159,37 +160,6 @@ PASSWORD_PROMPT_RE = re.compile(r"Enter the password for account \S+ \(empty to 
 CREATE_PROMPT_RE = re.compile(r"Creating a new account \S+\. Enter a password \(empty to abort\):")
 NEW_PASSWORD_RE = re.compile(r"Enter a new password:")
 LOGGED_IN_RE = re.compile(r"You become ")
-
-
-def _leak_forms(secret):
-    """Ways a secret can appear in JSON Lines bytes: raw UTF-8 and JSON-escaped (both flavours)."""
-    forms = {
-        secret.encode("utf-8"),
-        json.dumps(secret)[1:-1].encode("ascii"),
-        json.dumps(secret, ensure_ascii=False)[1:-1].encode("utf-8"),
-    }
-    # As Evennia (and a stripping client) may record it.
-    if secret.strip() != secret:
-        forms |= _leak_forms(secret.strip())
-    return forms
-
-
-def _strings(value):
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield from _strings(key)
-            yield from _strings(item)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _strings(item)
-
-
-def plain(text):
-    from evennia.utils.ansi import strip_ansi
-
-    return strip_ansi(text or "")
 
 
 class PromptScrubEndToEndTest(unittest.TestCase):
@@ -414,12 +384,12 @@ class PromptScrubEndToEndTest(unittest.TestCase):
     def leaks(self, secrets):
         found = []
         for secret in secrets:
-            for form in _leak_forms(secret):
+            for form in leak_forms(secret):
                 if form in self.raw:
                     at = self.raw.index(form)
                     found.append(f"{secret!r} as {form!r}: ...{self.raw[max(0, at - 300):at + 80]!r}")
         for record in self.records:
-            for text in _strings(record):
+            for text in strings_in(record):
                 found += [f"{secret!r} in decoded record: {json.dumps(record, ensure_ascii=False)[:400]}"
                           for secret in secrets if secret.strip() in text]
         return found
