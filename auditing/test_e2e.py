@@ -328,10 +328,28 @@ class AuditEndToEndTest(unittest.TestCase):
 
     def test_lifecycle_records(self):
         kinds = {r.get("kind") for r in self.records}
-        for kind in ("connect", "login", "login_fail", "logout", "disconnect"):
+        for kind in ("connect", "login", "login_fail", "logout", "disconnect", "puppet",
+                     "unpuppet", "account_created"):
             self.assertIn(kind, kinds, f"no {kind!r} record; kinds: {sorted(map(str, kinds))}")
+        # bob's telnet connection, in order: one connect (none again after the reload), the
+        # account it created, its login and puppet, then unpuppet, logout, disconnect on quit
+        typed = self.rcv_for(f"connect bob {MASK}")
+        bob_conn = typed[0]["conn"]
+        life = [r for r in self.records if r.get("conn") == bob_conn and r.get("kind") != "io"]
+        self.assertEqual(
+            [r["kind"] for r in life],
+            ["connect", "account_created", "login", "puppet", "unpuppet", "logout", "disconnect"],
+            self.dump(life),
+        )
+        self.assertEqual(life[1]["created_account"].split("#")[0], "bob")
+        self.assertEqual(life[2]["account"].split("#")[0], "bob")
+        self.assertEqual(life[-1]["reason"], "quit")
+        self.assertEqual({r["ip"] for r in life}, {"127.0.0.1"})
+        # the intruder: its failed login names the account tried, from its ip, and no password
         fails = [r for r in self.records if r.get("kind") == "login_fail"]
-        self.assertTrue(any("bob" in json.dumps(r) for r in fails), self.dump(fails))
+        self.assertEqual([r["tried_account"] for r in fails], ["bob"], self.dump(fails))
+        self.assertNotEqual(fails[0]["conn"], bob_conn)
+        self.assertEqual(fails[0]["ip"], "127.0.0.1")
 
     def test_no_password_anywhere_in_audit_files(self):
         self.assertTrue(self.raw)
