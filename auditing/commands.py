@@ -89,7 +89,7 @@ class CmdAudit(Command):
             self.msg(f"No account or character '{self.target}' found.")
             return
         recent = live.pipeline.recent
-        live.pipeline.flush(timeout=1.0)  # include what was just typed
+        live.pipeline.flush(timeout=0.25)  # include what was just typed (bounded: game thread)
         if "transcript" in self.switches:
             self._record_use(live, "transcript", key)
             if connection is None:

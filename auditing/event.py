@@ -79,7 +79,6 @@ def capture(session, direction, kwargs, kind="io", now=time.time, who=None):
         who (tuple): (account, puppet) to record instead of the session's current ones.
     """
     conn = session.audit_conn or _connection_of(session)
-    seq = session.audit_seq = session.audit_seq + 1
     if who is not None:
         account, puppet = who
         room = puppet.location if puppet is not None else None
@@ -89,7 +88,10 @@ def capture(session, direction, kwargs, kind="io", now=time.time, who=None):
         room = puppet.location if puppet is not None else None
     else:
         account = puppet = room = None
-    return (now(), kind, direction, session, conn, seq, account, puppet, room, _snapshot(kwargs))
+    snapshot = _snapshot(kwargs)
+    # Numbered last: whatever raised above leaves no gap in the sequence.
+    seq = session.audit_seq = session.audit_seq + 1
+    return (now(), kind, direction, session, conn, seq, account, puppet, room, snapshot)
 
 
 # ---------------------------------------------------------------- writer thread
@@ -227,15 +229,23 @@ class Builder:
         kwargs = dict(kwargs)
         strings, text_options = split_text(kwargs)
         state = self.state(conn)
-        text, masked = self._scrub_text(direction, strings, kwargs, text_options, state, when, session)
+        # Logged in *when it was typed* (the writer may run after the login that followed).
+        logged_in = account is not None
+        text, masked = self._scrub_text(direction, strings, kwargs, text_options, state, when,
+                                        logged_in)
         sparse_mode = not self.config.allow_sparse
         if kwargs:
+            secrets = []
             data, data_labels = self.scrubber.data(
-                kwargs, self.scrubber.command if direction == RCV else self.scrubber.output
+                kwargs,
+                self.scrubber.command if direction == RCV else self.scrubber.output,
+                secrets=secrets,
             )
             for label in data_labels:
                 if label not in masked:
                     masked.append(label)
+            for secret in secrets:  # an OOB secret the game may echo back in its reply
+                state.remember(secret, MASK, when)
             if sparse_mode:
                 # An OOB command's name is information even with no arguments: only None goes.
                 data = {key: value for key, value in data.items() if value is not None}
@@ -257,7 +267,7 @@ class Builder:
         event = self._head(captured)
         if text or not sparse_mode:
             event["text"] = text
-        event["bytes"] = len(text.encode("utf-8"))
+        event["bytes"] = len(text.encode("utf-8", "surrogatepass"))  # lone surrogates: still a record
         if data or not sparse_mode:
             event["data"] = data
         if masked or not sparse_mode:
@@ -328,18 +338,17 @@ class Builder:
             event = sparse(event)
         return self._finish(event, captured, sparse_mode)
 
-    def _scrub_text(self, direction, strings, kwargs, text_options, state, when, session):
+    def _scrub_text(self, direction, strings, kwargs, text_options, state, when, logged_in):
         scrubber = self.scrubber
         masked = []
-        logged_in = bool(getattr(session, "logged_in", True))
         if direction == RCV:
             if strings and state.armed_by and strings != [self.config.idle_command]:
                 # The last output asked for a password (or hid the echo): this line is the answer.
                 # (The webclient's keep-alive `idle` is discarded by Evennia: it answers nothing.)
                 masked.append(state.armed_by)
                 state.armed_by = None
-                for original in strings:
-                    state.remember(original, MASK, when)  # a game may echo the answer back
+                for original in strings:  # a game may echo the answer back
+                    state.remember(original, MASK, when, min_length=_ANSWER_MIN_LENGTH)
                 return MASK, masked
             cleaned = []
             for original in strings:
@@ -364,8 +373,17 @@ class Builder:
             state.armed_by = "echo_off"
         elif text and _may_be_prompt(text, text_options):
             state.armed_by = scrubber.is_password_prompt(text) or state.armed_by
+        prompt = kwargs.get("prompt")  # msg(prompt=...): the telnet prompt line
+        if prompt:
+            prompt_text = "\n".join(flatten_text(prompt))
+            if prompt_text and _may_be_prompt(prompt_text, None):
+                state.armed_by = scrubber.is_password_prompt(prompt_text) or state.armed_by
         return text, masked
 
+
+# A typed answer to a password prompt is watched for in later output only from this length: a short
+# answer ("look", a mistyped "y") would mask ordinary words for minutes.
+_ANSWER_MIN_LENGTH = 6
 
 # Output types of player-authored messages (say, pose, whisper ...): what a player writes must not
 # arm the mask on the listeners' next line. Menus (EvMenu: "menu") and untyped output may.
@@ -376,8 +394,11 @@ def _may_be_prompt(text, text_options):
     kind = text_options.get("type") if isinstance(text_options, dict) else None
     if kind not in _PROMPT_TYPES:
         return False
-    # Channel lines ("[Public] bob: what is the password?") are players talking too.
-    return not (text.startswith("[") and "] " in text[:80])
+    # Channel lines ("[Public] bob: what is the password?") and pages ("Account bob pages: ...")
+    # are players talking too.
+    if text.startswith("[") and "] " in text[:80]:
+        return False
+    return "pages:" not in text[:200]
 
 
 def _echo_off(kwargs, text_options):

@@ -133,12 +133,12 @@ def load_connections(config):
         with open(path) as handle:
             saved = json.load(handle)
         os.unlink(path)
-    except (OSError, ValueError):
+        if time.time() - float(saved.get("saved") or 0) > _STALE_AFTER:
+            return
+        for key, (conn, seq, *armed) in saved.get("connections", {}).items():
+            event.carried_over[key] = (str(conn), int(seq), armed[0] if armed else None)
+    except Exception:  # unreadable or hand-edited: connections get new ids, nothing worse
         return
-    if time.time() - saved.get("saved", 0) > _STALE_AFTER:
-        return
-    for key, (conn, seq, *armed) in saved.get("connections", {}).items():
-        event.carried_over[key] = (conn, seq, armed[0] if armed else None)
 
 
 def opened(session, live):
@@ -188,6 +188,22 @@ def _tried_name(line):
 # ---------------------------------------------------------------- signals
 
 
+def _guarded(receiver):
+    """Signal receivers run inside Evennia's login and puppet code: never raise into it."""
+
+    def guarded(*args, **kwargs):
+        try:
+            receiver(*args, **kwargs)
+        except Exception as error:
+            from . import runtime
+
+            runtime.tap_failed(error)
+
+    guarded.__name__ = receiver.__name__
+    return guarded
+
+
+@_guarded
 def _on_login_fail(sender=None, session=None, **kwargs):
     from . import runtime
 
@@ -199,6 +215,7 @@ def _on_login_fail(sender=None, session=None, **kwargs):
 
 
 def _on_puppet(kind):
+    @_guarded
     def receiver(sender=None, session=None, account=None, **kwargs):
         from . import runtime
 
@@ -224,6 +241,7 @@ def _creating_session(ip):
     return max(candidates, key=lambda session: session.cmd_last, default=None)
 
 
+@_guarded
 def _on_account_created(sender=None, ip=None, **kwargs):
     from . import runtime
 

@@ -243,6 +243,7 @@ class Pipeline:
         self.queue.append(item)
         self.accepted += 1
         self._drain()
+        self._give_up_pending()  # no retry will come: what the sink refused now is lost
 
     # ---------------------------------------------------------------- writer thread
 
@@ -457,22 +458,23 @@ class Pipeline:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
         self._drain()
-        if self._pending:
-            first, last = self._pending[0][0], self._pending[-1][0]
-            # (a loss record among them is counted as one; its own count is logged below)
-            self.loss.add(len(self._pending), first, last, self.loss.cause or "sink unavailable")
-            _log(
-                "err",
-                f"{len(self._pending)} audit events could not be delivered at shutdown "
-                f"({self.loss.cause})",
-            )
-            self._pending.clear()
+        self._give_up_pending()
         if self.sink is not None:
             try:
                 self.sink.close()
             except Exception as error:
                 _log("err", f"closing audit output: {error}")
         self.submit = self._submit_after_stop
+
+    def _give_up_pending(self):
+        """At shutdown: count what the sink still refuses as lost, and say so in the log."""
+        if not self._pending:
+            return
+        first, last = self._pending[0][0], self._pending[-1][0]
+        count = sum(lost_in_loss_record or 1 for _, _, lost_in_loss_record in self._pending)
+        self.loss.add(count, first, last, self.loss.cause or "sink unavailable")
+        _log("err", f"{count} audit events could not be delivered at shutdown ({self.loss.cause})")
+        self._pending.clear()
 
     def stats(self):
         """Counters for admins: what was accepted, delivered, lost, and whether the sink is failing."""

@@ -31,7 +31,7 @@ class Runtime:
         from .pipeline import Pipeline
 
         self.config = config
-        self.pipeline = Pipeline(config).start()
+        self.pipeline = Pipeline(config)
         self.tap_in = self._make_tap(RCV) if config.audit_in else _ignore
         self.tap_out = self._make_tap(SND) if config.audit_out else _ignore
         self.error = None
@@ -40,6 +40,7 @@ class Runtime:
         lifecycle.load_connections(config)
         lifecycle.connect_signals()
         lifecycle.watch_shutdown()
+        self.pipeline.start()  # last: nothing above can leave a writer thread behind
         # A clean stop, reload or reboot flushes every queued event before the process exits.
         try:
             from twisted.internet import reactor

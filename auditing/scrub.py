@@ -94,10 +94,27 @@ def _is_typo_of(word, name, min_length):
 
 _LEADING_SPACE = re.compile(r"\s*")
 _WORD = re.compile(r'[^\s"]*')  # a command word, or an unquoted name: up to a space or a quote
-# Lines of a multi-line input that may hold a built-in password command: the login and password
-# commands (and their typos, which keep the first letter) start with c, p or u.
-_CANDIDATE_LINE = re.compile(r"(?m)^[ \t]*[@&/+]?[cpuCPU][^\n\r]*")
-_ANY_LINE = re.compile(r"(?m)^[^\n\r]+")
+_NUMBERED = re.compile(r"(.+?)-\d+$")
+
+
+def strip_mxp(text):
+    """Evennia's `strip_mxp` (`|lc cmd |lt text |le` -> text, `|lu url |lt text |le` -> url),
+    with `find` instead of its backtracking regexes, so it stays linear."""
+    pieces, position = [], 0
+    while True:
+        starts = [at for at in (text.find("|lc", position), text.find("|lu", position)) if at >= 0]
+        if not starts:
+            break
+        start = min(starts)
+        middle = text.find("|lt", start + 3)
+        end = text.find("|le", middle + 3) if middle >= 0 else -1
+        if end < 0:
+            break
+        pieces.append(text[position:start])
+        pieces.append(text[middle + 3 : end] if text[start + 2] == "c" else text[start + 3 : middle])
+        position = end + 3
+    pieces.append(text[position:])
+    return "".join(pieces)
 
 
 def _split_command(line):
@@ -106,10 +123,12 @@ def _split_command(line):
     The word is cut at 32 characters: no command it is compared with is longer.
     """
     start = _LEADING_SPACE.match(line).end()
-    if start < len(line) and line[start] in _IGNORE_PREFIXES:
+    while start < len(line) and line[start] in _IGNORE_PREFIXES:  # Evennia strips them all
         start += 1
     end = _WORD.match(line, start).end()
-    return start, line[start : min(end, start + 32)].lower(), end
+    word = line[start : min(end, start + 32)].lower()
+    numbered = _NUMBERED.match(word)  # `connect-2 ...`: Evennia's pick among same-named commands
+    return start, numbered.group(1) if numbered else word, end
 
 
 def _mask_name_and_secret(line, args_start, label):
@@ -169,6 +188,13 @@ class Scrubber:
 
     def command(self, line, logged_in=True):
         """Scrub one input line. Returns (text, label or None)."""
+        if "|l" in line:
+            # Evennia strips MXP link markup from input before it parses the command.
+            stripped = strip_mxp(line)
+            if stripped != line:
+                masked, label = self.command(stripped, logged_in)
+                if label:
+                    return masked, label
         if "\n" in line or "\r" in line:
             return self._multiline(line, logged_in)
         start, word, args_start = _split_command(line)
@@ -215,31 +241,17 @@ class Scrubber:
     def _multiline(self, text, logged_in):
         """Input with line breaks (the webclient can send them).
 
-        Evennia runs such a text as one command, so a password command on the first line takes
-        everything after it as its arguments: masked to the end. Otherwise each line that could be
-        a password command is scrubbed on its own (identical lines once), so the cost stays linear.
+        Evennia runs such a text as one command: the first line's command word decides, and a
+        password command takes everything after it as its arguments (masked to the end). Later
+        lines are that command's arguments (`say hi\npassword x` is speech), so they are left
+        alone: masking them would let a player hide speech from the trail.
         """
         start, word, args_start = _split_command(text)
         if word:
             masked, label = self._builtin_command(text, start, word, args_start, logged_in)
             if label:
                 return masked, label
-        lines = _ANY_LINE if self.user_masks else _CANDIDATE_LINE
-        pieces, labels, done, memo = [], [], 0, {}
-        for match in lines.finditer(text):
-            line = match.group()
-            result = memo.get(line)
-            if result is None:
-                result = memo[line] = self.command(line, logged_in)
-            if result[1]:
-                pieces.append(text[done : match.start()])
-                pieces.append(result[0])
-                done = match.end()
-                labels.append(result[1])
-        if not labels:
-            return text, None
-        pieces.append(text[done:])
-        return "".join(pieces), labels[0]
+        return self._user_masks(text)
 
     # ---------------------------------------------------------------- output
 
@@ -277,9 +289,10 @@ class Scrubber:
             for key, value in options.items()
         }
 
-    def data(self, value, scrub_text, depth=0):
+    def data(self, value, scrub_text, depth=0, secrets=None):
         """Scrub OOB command arguments and options: secret-named keys, and every string."""
         labels = []
+        found = []  # values masked for their key's name: the caller may watch for their echo
 
         def walk(item, level):
             if isinstance(item, str):
@@ -295,6 +308,7 @@ class Scrubber:
                     secret = _is_secret_key(key, level == depth)
                     if secret and val not in (None, "", [], {}):
                         labels.append("secret_key")
+                        found.extend(strings_of(val))
                         cleaned[key] = MASK
                     else:
                         cleaned[key] = walk(val, level + 1)
@@ -305,7 +319,21 @@ class Scrubber:
                 return walk(item.decode("utf-8", "replace"), level + 1)
             return item
 
-        return walk(value, depth), labels
+        cleaned = walk(value, depth)
+        if secrets is not None:
+            secrets.extend(found)
+        return cleaned, labels
+
+
+def strings_of(value):
+    """The strings in a value (nested lists, tuples and dict values)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [text for item in value for text in strings_of(item)]
+    return [str(value)] if value is not None else []
 
 
 _secret_keys = {}
@@ -405,7 +433,7 @@ class ConnectionScrubState:
         self.taints = collections.deque(maxlen=_TAINT_MAX)  # (secret, expires_at)
         self.armed_by = None  # label of the prompt rule that will mask the next input line
 
-    def remember(self, original, masked_text, now):
+    def remember(self, original, masked_text, now, min_length=_TAINT_MIN_LENGTH):
         """Record the secret(s) an input line lost to masking, for output taint checks."""
         # The secret is what the mask replaced: recover it by aligning original and masked text.
         head = masked_text.find(MASK)
@@ -413,7 +441,7 @@ class ConnectionScrubState:
             return
         tail_length = len(masked_text) - head - len(MASK)
         secret = original[head : len(original) - tail_length].strip()
-        if len(secret) >= _TAINT_MIN_LENGTH:
+        if len(secret) >= min_length:
             self.taints.append((secret, now + _TAINT_TTL))
 
     def untaint(self, text, now):

@@ -72,16 +72,22 @@ class AuditedServerSession(ServerSession):
     def at_login(self, account):
         """The connection logged in to `account`."""
         super().at_login(account)
-        runtime.current().record(self, "login")
+        try:
+            runtime.current().record(self, "login")
+        except Exception as error:
+            runtime.tap_failed(error)
 
     def at_disconnect(self, reason=None):
         """The connection is closing: logout (if logged in), then disconnect."""
         account = self.account if self.logged_in else None
         super().at_disconnect(reason)  # unpuppets first (its own record)
-        live = runtime.current()
-        if account is not None:
-            live.record(self, "logout", who=(account, None))
-        live.record(self, "disconnect", who=(account, None), reason=reason or "")
+        try:
+            live = runtime.current()
+            if account is not None:
+                live.record(self, "logout", who=(account, None))
+            live.record(self, "disconnect", who=(account, None), reason=reason or "")
+        except Exception as error:
+            runtime.tap_failed(error)
 
     # ---------------------------------------------------------------- contrib compatibility
 

@@ -426,15 +426,50 @@ class TestScrubbing(AuditTestCase):
     def test_multiline_input(self):
         # Evennia runs a multi-line text as one command: the password takes all that follows.
         self.assertEqual(self.guest.mask("connect bob pw\nlook"), f"connect bob {MASK}")
-        # Otherwise each line that is a password command is masked on its own.
-        self.assertEqual(
-            self.session.mask("look\n@password old = new\nsay hi"), f"look\n@password {MASK}\nsay hi"
-        )
-        line = "whisper johnny = password\n let's lynch the landlord"
-        self.assertEqual(self.session.mask(line), line)
-        many = "connect a b\n" * 545
-        self.assertEqual(self.guest.mask(many), f"connect a {MASK}")
-        self.assertEqual(self.session.mask("say x\n" + "password p\n" * 500), "say x\n" + f"password {MASK}\n" * 500)
+        self.assertEqual(self.session.mask("@password old\n= new"), f"@password {MASK}")
+        # ... and later lines are the first command's arguments: speech stays speech.
+        for line in ("say hi\npassword this is speech", "whisper johnny = password\n let's lynch"):
+            self.assertEqual(self.session.mask(line), line)
+        self.assertEqual(self.guest.mask("connect a b\n" * 545), f"connect a {MASK}")
+
+    def test_every_spelling_evennia_accepts(self):
+        # Evennia strips all of @&/+ and accepts `cmd-N` (pick among same-named commands).
+        for line in ("@@connect bob hunter2pw", "/@connect bob hunter2pw", "connect-99 bob hunter2pw",
+                     "co-5 bob hunter2pw", "&&connect bob hunter2pw", "CONNECT bob hunter2pw"):
+            self.assertNotIn("hunter2pw", self.guest.mask(line), line)
+        for line in ("@@password hunter2pw", "&&userpassword bob = hunter2pw"):
+            self.assertNotIn("hunter2pw", self.session.mask(line), line)
+        # MXP link markup is removed from input before Evennia parses it
+        self.assertNotIn("hunter2pw", self.guest.mask("|lc|ltconnect|le bob hunter2pw"))
+        self.assertNotIn("hunter2pw", self.session.mask("|lcx|ltpassword|le hunter2pw"))
+        self.assertEqual(self.session.mask("say |lclook|ltlook here|le"), "say |lclook|ltlook here|le")
+
+    def test_login_state_is_taken_when_typed_not_when_written(self):
+        # The writer runs later: by then the connection may have logged in (a pasted script).
+        self.sent_in(self.guest, "create bob hunter2xyz")
+        self.sent_in(self.guest, "conect bob hunter2xyz")
+        evennia.SESSION_HANDLER.login(self.guest, self.account2, testmode=True)
+        self.assertNoSecret(["hunter2xyz"], self.records())
+        self.guest.logged_in = False  # let tearDown delete account2 without a portal
+
+    def test_oob_secret_echoed_back_is_masked(self):
+        self.session.data_in(text=(["look"], {}), echo=([], {"password": "hunter2xyz"}))
+        self.session.data_out(text="Echo returns: (), {'password': 'hunter2xyz'}")
+        self.assertNoSecret(["hunter2xyz"], self.records())
+
+    def test_lone_surrogate_still_gives_a_record_with_text(self):
+        self.sent_in(self.session, "say I will find you\ud800")
+        event = self.records()[-1]
+        self.assertEqual(event["kind"], "io")
+        self.assertIn("I will find you", event["text"])
+
+    def test_pages_and_prompt_lines(self):
+        self.session.data_out(text="|wAccount|n |cmallory|n |wpages:|n Enter your password:")
+        self.sent_in(self.session, "page admin = mallory keeps harassing me")
+        self.assertEqual(self.records()[-1]["text"], "page admin = mallory keeps harassing me")
+        self.session.data_out(prompt="Password:")  # a telnet prompt line arms it too
+        self.sent_in(self.session, "s3cret-by-prompt")
+        self.assertEqual(self.records()[-1]["text"], MASK)
 
     def test_prompt_arms_mask_for_next_input_line(self):
         self.guest.data_out(text="Enter the password for account bob (empty to abort):")
