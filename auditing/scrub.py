@@ -168,8 +168,7 @@ def _mask_userpassword(line, args_start, label):
     equals = line.find("=", args_start)
     if equals >= 0:
         return _mask_after(line, equals + 1, label)
-    name = _mask_name_and_secret(line, args_start, label)
-    return name
+    return _mask_name_and_secret(line, args_start, label)
 
 
 class Scrubber:

@@ -8,7 +8,6 @@ and real sinks writing to temporary directories. The end-to-end test against a r
 
 import json
 import os
-import re
 import shutil
 import socket
 import stat
@@ -20,10 +19,10 @@ from django.test import override_settings
 from evennia.utils.test_resources import EvenniaTest
 
 from . import conf, runtime
-from .event import RCV, SND, Builder, capture
+from .event import RCV, SND, capture
 from .filesink import FileSink
 from .pipeline import Pipeline
-from .scrub import MASK, Scrubber
+from .scrub import MASK
 from .server import AuditedServerSession
 from .sinkbase import SinkError
 

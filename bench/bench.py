@@ -1167,7 +1167,6 @@ def main():
         took = migrate()
     log(f"bench: Django ready, migrations checked in {took:.1f} s")
 
-    import evennia
     from auditing import runtime
     from auditing.server import AuditedServerSession
     from evennia.contrib.utils.auditing import server as contrib_server
