@@ -6,6 +6,8 @@
 PY311 ?= python3.11
 PY312 ?= python3.12
 export PYENV_VERSION ?= 3.12.1:3.11.7
+# Suites that start real servers (a game, rsyslogd, a tmpfs) are opt-in in a user's game; here they run.
+export AUDITING_TEST_SERVERS ?= 1
 BUILD := $(CURDIR)/.build
 TESTS ?= auditing
 

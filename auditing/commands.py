@@ -19,7 +19,7 @@ Every use is itself recorded, as an `audit_view` record naming who looked at who
 from django.conf import settings
 from evennia import Command
 
-from . import conf, runtime
+from . import conf, service
 
 _DEFAULT_LIMIT = 20
 _TRANSCRIPT_LIMIT = 40
@@ -73,7 +73,7 @@ class CmdAudit(Command):
             self.target = args.strip()
 
     def func(self):
-        live = runtime.current()
+        live = service.current()
         if live.pipeline is None:
             self.msg(f"Auditing is off: {live.error}")
             return
@@ -158,7 +158,7 @@ class CmdAudit(Command):
         return "\n".join(lines)
 
     def _show_stats(self):
-        stats = runtime.stats()
+        stats = service.current().stats()
         lines = ["|wAudit pipeline|n"]
         for name in ("output", "accepted", "delivered", "queued", "retrying", "lost", "failing",
                      "last_cause", "build_errors", "capture_errors"):

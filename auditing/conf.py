@@ -2,9 +2,10 @@
 The one place that reads and validates the `AUDIT_*` settings.
 
 Every setting is read from `django.conf.settings` when the configuration is built, and the built
-`AuditConfig` is cached until Django reports a change to an `AUDIT_*` setting (so `override_settings`
-works in tests). A bad value raises `AuditConfigError` naming the setting and the value; the session
-class turns that into one clear error in the server log at start-up (see `auditing.server`).
+`AuditConfig` is cached until `reset()` (the service calls it when Django reports a change to an
+`AUDIT_*` setting, so `override_settings` works in tests). A bad value raises `AuditConfigError`
+naming the setting and the value; the service turns that into one clear error in the server log
+when the server starts (see `auditing.service`).
 
 Settings (all optional except `SERVER_SESSION_CLASS`, which switches auditing on):
 
@@ -299,19 +300,6 @@ def get():
 
 
 def reset(**_ignored):
-    """Forget the cached configuration (connected to Django's `setting_changed`)."""
+    """Forget the cached configuration (the service calls it when Django reports a settings change)."""
     global _cached
     _cached = None
-
-
-def _on_setting_changed(setting=None, **kwargs):
-    if setting and (setting.startswith("AUDIT_") or setting in ("LOG_DIR", "SERVERNAME")):
-        reset()
-
-
-try:
-    from django.test.signals import setting_changed
-
-    setting_changed.connect(_on_setting_changed, dispatch_uid="auditing.conf.setting_changed")
-except Exception:  # pragma: no cover - django without the test signals module
-    pass

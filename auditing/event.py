@@ -12,8 +12,6 @@ The dict keeps every key of Evennia's contrib so callbacks written for it keep w
 """
 
 import datetime
-import itertools
-import os
 import time
 
 import orjson
@@ -30,29 +28,6 @@ _EMPTY_TYPES = (str, list, dict, tuple)  # falsy values of these types are "empt
 LOGIN_START = "__unloggedin_look_command"
 # Several strings in one `text` become lines (the contrib used "|", which collides with colour codes).
 TEXT_JOIN = "\n"
-
-# ---------------------------------------------------------------- connection ids
-
-_conn_prefix = f"{int(time.time()):x}{os.getpid():x}"
-_conn_counter = itertools.count(1)
-
-
-def new_connection_id():
-    """A connection id unique across server restarts: start time, pid and a counter."""
-    return f"{_conn_prefix}-{next(_conn_counter)}"
-
-
-# Sessions that existed before an `evennia reload` get their connection id and sequence back from
-# here (filled by `auditing.lifecycle` from the file the previous server process left).
-carried_over = {}
-
-
-def _connection_of(session):
-    """A session that did not come through `lifecycle.opened` (built by hand): a fresh id."""
-    session.audit_conn = new_connection_id()
-    session.audit_seq = 0
-    return session.audit_conn
-
 
 # ---------------------------------------------------------------- game thread
 
@@ -78,7 +53,7 @@ def capture(session, direction, kwargs, kind="io", now=time.time, who=None):
         now (callable): the clock.
         who (tuple): (account, puppet) to record instead of the session's current ones.
     """
-    conn = session.audit_conn or _connection_of(session)
+    conn = session.audit_conn  # given by the service before the first capture
     if who is not None:
         account, puppet = who
         room = puppet.location if puppet is not None else None
@@ -200,6 +175,13 @@ class Builder:
     def __init__(self, config, scrubber, with_objects=True):
         self.config = config
         self.scrubber = scrubber
+        # Both directions are always observed (scrubbing state needs the prompts and the typed
+        # secrets); only these are recorded: what AUDIT_IN / AUDIT_OUT turn off is what is written.
+        self.recorded = frozenset(
+            direction
+            for direction, on in ((RCV, config.audit_in), (SND, config.audit_out))
+            if on
+        )
         # Built-in outputs drop `objects` unread: they are only made for custom callbacks.
         self.with_objects = with_objects
         self._who = {}  # (conn, account, puppet, room) -> (the keys they determine, as JSON)
@@ -220,6 +202,14 @@ class Builder:
 
     def forget(self, conn):
         self.states.pop(conn, None)
+
+    def export_states(self):
+        """What carries over a reload for each connection's scrubbing (no secret in clear)."""
+        return {conn: state.export() for conn, state in self.states.items() if state.export()}
+
+    def restore(self, conn, exported):
+        """Take back `export_states()[conn]` from the previous server process."""
+        self.state(conn).restore(exported)
 
     def build(self, captured):
         """The event dict for one captured tuple (see `capture`)."""
@@ -274,6 +264,8 @@ class Builder:
             event["masked"] = masked
         if direction == RCV and strings == [LOGIN_START]:
             event["origin"] = "server"  # Evennia feeds this to new connections; nobody typed it
+        if direction not in self.recorded:
+            return None  # observed for scrubbing only
         return self._finish(event, captured, sparse_mode)
 
     def _head(self, captured):

@@ -188,6 +188,7 @@ class Pipeline:
         self.processed = 0  # writer thread only
         self.delivered = 0
         self.build_errors = 0
+        self.observed_only = 0  # writer thread only: built for scrubbing state, not recorded
         self.loss = LossTracker()
         self.recent = RecentRecords()  # for the in-game `audit` command
         self._pending = collections.deque()  # (time, record) not yet accepted by the sink
@@ -305,6 +306,9 @@ class Pipeline:
         for item in batch:
             try:
                 event = build(item)
+                if event is None:  # observed for scrubbing, not recorded (AUDIT_IN / AUDIT_OUT)
+                    self.observed_only += 1
+                    continue
                 remember(event)
                 events.append((item[0], event, builder.last_parts))
             except Exception as error:
@@ -488,4 +492,5 @@ class Pipeline:
             "failing": self.loss.failing,
             "last_cause": self.loss.cause,
             "build_errors": self.build_errors,
+            "observed_only": self.observed_only,
         }

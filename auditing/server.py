@@ -6,15 +6,16 @@ Enable it in `server/conf/settings.py`:
     SERVER_SESSION_CLASS = "auditing.server.AuditedServerSession"
 
 `data_in` (client -> game) and `data_out` (game -> client) hand a captured copy of their arguments to
-the audit pipeline and then always call Evennia's own method: the game behaves exactly as without
+the audit service and then always call Evennia's own method: the game behaves exactly as without
 auditing, and no exception from auditing can reach it (it is counted and logged once instead).
 The session's hooks add lifecycle records (connect, login, logout, disconnect; see
-`auditing.lifecycle`).
+`auditing.lifecycle`). Evennia imports this module when the server starts, which starts the audit
+service (`auditing.service`) and validates the settings before any player's input is handled.
 """
 
 from evennia.server.serversession import ServerSession
 
-from . import lifecycle, runtime
+from . import service
 from .event import RCV, SND, Builder, capture
 
 
@@ -27,36 +28,38 @@ class AuditedServerSession(ServerSession):
 
     def data_in(self, **kwargs):
         """Record client input, then pass it on to Evennia unchanged."""
+        live = service.current()
         try:
-            runtime.current().tap_in(self, kwargs)
+            live.tap_in(self, kwargs)
         except Exception as error:
-            runtime.tap_failed(error)
+            live.failed(error)
         if self.logged_in:
             super().data_in(**kwargs)
             return
-        # Before login: remember who is executing (for signals without a session), and notice a
-        # `connect` that did not log in.
-        lifecycle.executing = self
+        # Before login: tell the service who is executing (for signals without a session), and
+        # notice a `connect` that did not log in.
+        live.executing = self
         try:
             super().data_in(**kwargs)
         finally:
-            lifecycle.executing = None
+            live.executing = None
         if not self.logged_in:
             try:
                 line = kwargs["text"][0][0]
                 if isinstance(line, str):
-                    lifecycle.login_attempt_ended(self, line, runtime.current())
+                    live.login_attempt_ended(self, line)
             except (KeyError, IndexError, TypeError):
                 pass
             except Exception as error:
-                runtime.tap_failed(error)
+                live.failed(error)
 
     def data_out(self, **kwargs):
         """Record game output, then send it on unchanged."""
+        live = service.current()
         try:
-            runtime.current().tap_out(self, kwargs)
+            live.tap_out(self, kwargs)
         except Exception as error:
-            runtime.tap_failed(error)
+            live.failed(error)
         super().data_out(**kwargs)
 
     # ---------------------------------------------------------------- lifecycle hooks
@@ -64,30 +67,30 @@ class AuditedServerSession(ServerSession):
     def at_sync(self):
         """A new connection, or this server rebuilding it after a reload."""
         super().at_sync()
+        live = service.current()
         try:
-            lifecycle.opened(self, runtime.current())
+            live.opened(self)
         except Exception as error:
-            runtime.tap_failed(error)
+            live.failed(error)
 
     def at_login(self, account):
         """The connection logged in to `account`."""
         super().at_login(account)
+        live = service.current()
         try:
-            runtime.current().record(self, "login")
+            live.logged_in(self)
         except Exception as error:
-            runtime.tap_failed(error)
+            live.failed(error)
 
     def at_disconnect(self, reason=None):
         """The connection is closing: logout (if logged in), then disconnect."""
         account = self.account if self.logged_in else None
         super().at_disconnect(reason)  # unpuppets first (its own record)
+        live = service.current()
         try:
-            live = runtime.current()
-            if account is not None:
-                live.record(self, "logout", who=(account, None))
-            live.record(self, "disconnect", who=(account, None), reason=reason or "")
+            live.closing(self, account, reason)
         except Exception as error:
-            runtime.tap_failed(error)
+            live.failed(error)
 
     # ---------------------------------------------------------------- contrib compatibility
 
@@ -102,15 +105,17 @@ class AuditedServerSession(ServerSession):
             dict: the scrubbed event, or {} when there is nothing to record.
         """
         src = kwargs.pop("src", "?")
-        live = runtime.current()
+        live = service.current()
         if not kwargs or live.pipeline is None:
             return {}
+        if self.audit_conn is None:
+            live.registry.assign(self)
         builder = Builder(live.config, live.pipeline.builder.scrubber)
-        return builder.build(capture(self, SND if src == "server" else RCV, kwargs))
+        return builder.build(capture(self, SND if src == "server" else RCV, kwargs)) or {}
 
     def mask(self, msg):
         """Scrub one line as input, else as output (the contrib's `mask`). Returns the text."""
-        live = runtime.current()
+        live = service.current()
         if live.pipeline is None:
             return msg
         scrubber = live.pipeline.builder.scrubber
@@ -118,3 +123,7 @@ class AuditedServerSession(ServerSession):
         if label is None:
             text, label = scrubber.output(msg, self.logged_in)
         return text
+
+
+# Evennia imports this module as the server starts: the audit service starts with it.
+service.start_with_server()

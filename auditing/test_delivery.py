@@ -37,6 +37,7 @@ import unittest
 from auditing.testing.clients import ClientTimeout, TelnetClient
 from auditing.testing.game import GameServer
 from auditing.testing.rsyslog import RsyslogServer
+from auditing.testing import requires_servers
 
 PASSWORD = "Deliv3ry-pw"
 # Fast password hashing: 20 accounts are created and logged in at once.
@@ -272,6 +273,7 @@ def talk(players, count, timeout=2.0, pace=0.0, stop=None):
 # ---------------------------------------------------------------------- the tests
 
 
+@requires_servers
 class DeliveryTest(unittest.TestCase):
     """One game for all tests (each test configures it); stopped in the class cleanup."""
 

@@ -27,6 +27,7 @@ import unittest
 from auditing.testing.checks import leak_forms, plain, strings_in
 from auditing.testing.clients import TelnetClient, WebClient
 from auditing.testing.game import AUDITED_SESSION_CLASS, GameServer
+from auditing.testing import requires_servers
 
 MASK = "********"
 
@@ -54,6 +55,7 @@ def _session_class():
     return None if value in ("", "default") else value
 
 
+@requires_servers
 class AuditEndToEndTest(unittest.TestCase):
     """One scripted play session against a live server; each test checks one property of the trail."""
 

@@ -30,6 +30,7 @@ import unittest
 from auditing.testing.checks import leak_forms, plain, strings_in
 from auditing.testing.clients import TelnetClient, WebClient
 from auditing.testing.game import GameServer
+from auditing.testing import requires_servers
 
 MASK = "********"
 PROMPT_RULE = "password_prompt"  # the label of scrub.BUILTIN_PROMPTS' rule
@@ -162,6 +163,7 @@ NEW_PASSWORD_RE = re.compile(r"Enter a new password:")
 LOGGED_IN_RE = re.compile(r"You become ")
 
 
+@requires_servers
 class PromptScrubEndToEndTest(unittest.TestCase):
     """Menu login, get_input and echo-off secrets on a live server; each test checks one property."""
 

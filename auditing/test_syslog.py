@@ -16,6 +16,7 @@ import uuid
 from auditing.sinkbase import SinkError
 from auditing.syslog import FACILITIES, SyslogSink, syslog_sink
 from auditing.testing.rsyslog import RsyslogServer
+from auditing.testing import requires_servers
 
 
 def _workdir():
@@ -84,6 +85,7 @@ class _RsyslogCase(unittest.TestCase):
             time.sleep(0.02)
 
 
+@requires_servers
 class SyslogDeliveryTest(_RsyslogCase):
     def roundtrip(self, transport, count=300, batch=50):
         sink = self.sink(transport)
@@ -166,6 +168,7 @@ class SyslogDeliveryTest(_RsyslogCase):
         sink.write([])  # an empty batch is a no-op
 
 
+@requires_servers
 class SyslogFailureTest(unittest.TestCase):
     """Tests that stop or restart rsyslogd get their own server."""
 

@@ -1,8 +1,9 @@
 """
 Unit tests of the audit module against real Evennia sessions (run with `make test`).
 
-They use the game's settings (`EvenniaTest`), in which `SERVER_SESSION_CLASS` is our session class,
-and real sinks writing to temporary directories. The end-to-end test against a running server is in
+They run in any game, with Evennia's default settings or the game's own (`evennia test --settings
+settings.py auditing`): sessions are of our class whatever `SERVER_SESSION_CLASS` says, and every
+trail is written to a temporary directory (`testing.base.TempTrailMixin`). The end-to-end test against a running server is in
 `test_e2e.py`, syslog against a real rsyslogd in `test_syslog.py`, the CLI in `test_cli.py`.
 """
 
@@ -18,13 +19,14 @@ import evennia
 from django.test import override_settings
 from evennia.utils.test_resources import EvenniaTest
 
-from . import conf, runtime
+from . import conf, service
 from .event import RCV, SND, capture
 from .filesink import FileSink
 from .pipeline import Pipeline
 from .scrub import MASK
 from .server import AuditedServerSession
 from .sinkbase import SinkError
+from .testing.base import TempTrailMixin
 
 PASSWORDS = [
     "hunter2hunter2",
@@ -53,7 +55,7 @@ class Collector:
         return [event for event in self.events if event.get("kind") == "io"]
 
 
-class AuditTestCase(EvenniaTest):
+class AuditTestCase(TempTrailMixin, EvenniaTest):
     """A logged-in session of our class, plus an unauthenticated one, and a collecting callback."""
 
     audit_settings = {}
@@ -69,6 +71,7 @@ class AuditTestCase(EvenniaTest):
         )
         self.override.enable()
         self.addCleanup(self.override.disable)
+        service.start()
         # The trail is under test here, not Evennia's commands: input stops at the session.
         patcher = mock.patch.object(evennia.SESSION_HANDLER, "call_inputfuncs")
         self.game_input = patcher.start()
@@ -87,7 +90,7 @@ class AuditTestCase(EvenniaTest):
         return session
 
     def flush(self):
-        self.assertTrue(runtime.current().pipeline.flush())
+        self.assertTrue(service.current().pipeline.flush())
 
     def records(self):
         self.flush()
@@ -227,7 +230,7 @@ class TestEvents(AuditTestCase):
         self.assertEqual(rcv["v"], 1)
 
     def test_host_name_and_version_not_looked_up_per_event(self):
-        runtime.current()  # configuration built (host name looked up) before the events
+        service.current()  # configuration built (host name looked up) before the events
         with mock.patch.object(socket, "getfqdn", side_effect=AssertionError("getfqdn per event")), \
              mock.patch.object(socket, "gethostname", side_effect=AssertionError("per event")):
             for _ in range(5):
@@ -290,10 +293,13 @@ class TestEvents(AuditTestCase):
             self.assertNotIn(key, event)
 
     def test_exception_never_reaches_the_game(self):
-        with mock.patch("auditing.server.runtime.current", side_effect=RuntimeError("boom")):
+        live = service.current()
+        with mock.patch("auditing.service.capture", side_effect=RuntimeError("boom")):
             self.sent_in(self.session, "look")
+            self.session.data_out(text="a line")
         self.game_input.assert_called_once()
-        self.assertGreaterEqual(runtime._tap_errors, 1)
+        self.assertEqual(live.capture_errors, 2)
+        self.assertEqual(live.stats()["capture_errors"], 2)
 
     def test_game_receives_arguments_unchanged(self):
         self.session.data_in(text=(["connect bob hunter2"], {"options": {"a": 1}}), pane=2)
@@ -309,7 +315,7 @@ class TestEvents(AuditTestCase):
             for index in range(20_000):
                 self.session.data_out(text=f"say line {index}")
             self.flush()
-            stats = runtime.stats()
+            stats = service.current().stats()
         lines = []
         for name in sorted(os.listdir(directory)):
             with open(os.path.join(directory, name), "rb") as handle:
@@ -536,7 +542,7 @@ class TestUserMasks(AuditTestCase):
             self.assertEqual([m.label for m in conf.get().masks], ["x"])
 
 
-class TestSettingsValidation(EvenniaTest):
+class TestSettingsValidation(TempTrailMixin, EvenniaTest):
     def assertConfigError(self, fragment, **settings):
         with override_settings(**settings):
             with self.assertRaises(conf.AuditConfigError) as caught:
@@ -563,7 +569,7 @@ class TestSettingsValidation(EvenniaTest):
             with override_settings(AUDIT_CALLBACK=collector, AUDIT_IN=True, AUDIT_MASKS=[{"x": "("}]):
                 for _ in range(50):
                     self.session.data_in(text=(["look"], {}))
-                self.assertIsNone(runtime.current().pipeline)
+                self.assertIsNone(service.current().pipeline)
         messages = [call.args[0] for call in log_err.call_args_list]
         self.assertEqual(len([m for m in messages if "AUDIT_MASKS" in m]), 1)
         self.assertIn("auditing is OFF", messages[0])
@@ -586,7 +592,7 @@ class FakeClock:
         return self.now
 
 
-class TestFileSink(EvenniaTest):
+class TestFileSink(TempTrailMixin, EvenniaTest):
     def setUp(self):
         super().setUp()
         self.directory = tempfile.mkdtemp()
@@ -602,7 +608,7 @@ class TestFileSink(EvenniaTest):
                                AUDIT_IN=True, AUDIT_OUT=True):
             self.session.data_out(text="line one\nline two\r\x00\x1b[31mred\u2028sep")
             self.session.data_in(text=(['say "quotes" and \\ backslash'], {}))
-            runtime.current().pipeline.flush()
+            service.current().pipeline.flush()
         names = os.listdir(directory)
         self.assertEqual(len(names), 1)
         self.assertRegex(names[0], r"^audit_\d{4}-\d\d-\d\d\.log$")
@@ -688,7 +694,7 @@ class FlakyOutput:
         raise AssertionError
 
 
-class TestPipelineFailures(EvenniaTest):
+class TestPipelineFailures(TempTrailMixin, EvenniaTest):
     def pipeline(self, queue_size=1000, callback=None):
         with override_settings(AUDIT_CALLBACK=callback or Collector(), AUDIT_QUEUE_SIZE=queue_size):
             config = conf.load()
@@ -830,36 +836,92 @@ class TestLifecycle(AuditTestCase):
         seqs = [e["seq"] for e in self.collector.events if e.get("conn") == conn]
         self.assertEqual(seqs, list(range(1, len(seqs) + 1)))  # gapless per connection
 
-    def test_connection_ids_carried_across_a_reload(self):
-        from . import lifecycle
+    def rebuilt(self, session, conn_time_shift=0):
+        """The session as the next server process rebuilds it from the portal's copy."""
+        data = session.get_sync_data()
+        data["conn_time"] += conn_time_shift
+        rebuilt = AuditedServerSession()
+        rebuilt.load_sync_data(data)
+        rebuilt.sessionhandler = evennia.SESSION_HANDLER
+        return rebuilt
 
-        directory = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, directory)
-        with override_settings(AUDIT_LOG_DIR=directory, AUDIT_CALLBACK=self.collector):
-            config = conf.get()
-            self.session.data_out(text="Enter your password:")
-            self.flush()
-            before = (self.session.audit_conn, self.session.audit_seq)
-            lifecycle.save_connections(config, runtime.current().pipeline.builder)
-            runtime.current().pipeline.builder.forget(before[0])  # the next process knows nothing
-            self.assertEqual(stat.S_IMODE(os.stat(os.path.join(directory, lifecycle.STATE_FILE)).st_mode), 0o600)
-            # The next server process rebuilds the session from the portal's data.
-            rebuilt = AuditedServerSession()
-            rebuilt.load_sync_data(self.session.get_sync_data())
-            rebuilt.sessionhandler = evennia.SESSION_HANDLER
-            lifecycle.load_connections(config)
-            lifecycle.opened(rebuilt, runtime.current())
-            self.assertEqual((rebuilt.audit_conn, rebuilt.audit_seq), before)
-            # ... and so does a password prompt that was waiting for its answer
-            self.assertEqual(runtime.current().pipeline.builder.state(before[0]).armed_by, "password_prompt")
-            self.assertFalse(os.path.exists(os.path.join(directory, lifecycle.STATE_FILE)))
-            # A new connection that reuses the session number gets a new id.
-            other = AuditedServerSession()
-            data = self.session.get_sync_data()
-            data["conn_time"] += 1
-            other.load_sync_data(data)
-            lifecycle.opened(other, runtime.current())
-            self.assertNotEqual(other.audit_conn, before[0])
+    def state_file(self):
+        from .registry import STATE_FILE
+
+        return os.path.join(self.trail_dir, STATE_FILE)
+
+    def test_connection_ids_carried_across_a_reload(self):
+        self.session.data_out(text="Enter your password:")
+        self.flush()
+        before = (self.session.audit_conn, self.session.audit_seq)
+        service.current().stop()  # what a reload does: drained, then the open connections saved
+        self.assertEqual(stat.S_IMODE(os.stat(self.state_file()).st_mode), 0o600)
+        following = service.start(conf.load())  # the next server process
+        rebuilt = self.rebuilt(self.session)
+        following.opened(rebuilt)
+        self.assertEqual((rebuilt.audit_conn, rebuilt.audit_seq), before)
+        # ... and so does a password prompt that was waiting for its answer
+        self.assertEqual(following.pipeline.builder.state(before[0]).armed_by, "password_prompt")
+        self.assertFalse(os.path.exists(self.state_file()))
+        # A new connection that reuses the session number gets a new id.
+        other = self.rebuilt(self.session, conn_time_shift=1)
+        following.opened(other)
+        self.assertNotEqual(other.audit_conn, before[0])
+
+    def test_connection_closed_during_a_reload_gets_its_disconnect(self):
+        gone = self.new_unauthenticated_session(sessid=5)
+        conn = gone.audit_conn
+        service.current().stop()
+        evennia.SESSION_HANDLER.pop(5)  # it closed while no server process ran
+        following = service.start(conf.load())
+        following.opened(self.rebuilt(self.session))
+        following.close_leftovers()
+        self.flush()
+        mine = [e for e in self.collector.events if e.get("conn") == conn]
+        self.assertEqual([e["kind"] for e in mine][-1], "disconnect")
+        self.assertEqual(mine[-1]["reason"], service.RELOAD_REASON)
+        seqs = [e["seq"] for e in mine]
+        self.assertEqual(seqs, list(range(1, len(seqs) + 1)))
+
+    def test_after_a_crash_open_connections_get_a_disconnect_and_new_ids(self):
+        live = service.current()
+        conn = self.session.audit_conn
+        account = f"{self.account.key}#{self.account.id}"
+        # While the server runs, the state file follows the open connections (not marked clean);
+        # then kill -9: no stop, no clean save. The next process takes the file back.
+        live._write_snapshot(live.registry.snapshot(evennia.SESSION_HANDLER.values()))
+        following = service.AuditService(conf.load())
+        self.assertIsNone(following.registry.load())
+        self.assertFalse(following.registry.previous_clean)
+        rebuilt = self.rebuilt(self.session)
+        following.opened(rebuilt)  # the portal kept this one
+        following.close_leftovers()  # the guest's connection did not come back
+        self.assertTrue(following.pipeline.flush())
+        old = [e for e in self.collector.events if e.get("conn") == conn and e["kind"] != "io"]
+        self.assertEqual([e["kind"] for e in old][-2:], ["logout", "disconnect"])
+        self.assertEqual(old[-1]["reason"], service.CRASH_REASON)
+        self.assertEqual(old[-2]["account"], account)
+        self.assertNotEqual(rebuilt.audit_conn, conn)
+        resumed = [e for e in self.collector.events if e.get("conn") == rebuilt.audit_conn]
+        self.assertEqual(resumed[0]["kind"], "connect")
+        self.assertEqual(resumed[0]["resumed_from"], conn)
+        guest = [e for e in self.collector.events if e.get("conn") == self.guest.audit_conn]
+        self.assertEqual(guest[-1]["kind"], "disconnect")
+        self.assertEqual(guest[-1]["reason"], service.CRASH_REASON)
+
+    def test_state_file_refuses_a_planted_symlink(self):
+        target = os.path.join(self.trail_dir, "victim")
+        with open(target, "w") as handle:
+            handle.write("keep me")
+        os.symlink(target, self.state_file())
+        live = service.current()
+        live._write_snapshot(live.registry.snapshot(evennia.SESSION_HANDLER.values()))
+        with open(target) as handle:
+            self.assertEqual(handle.read(), "keep me")  # the symlink was replaced, not followed
+        self.assertFalse(os.path.islink(self.state_file()))
+        os.unlink(self.state_file())
+        os.symlink(target, self.state_file())
+        self.assertIn("cannot read", live.registry.load())  # a planted link is refused, and said
 
 
 class TestAuditCommand(AuditTestCase):
@@ -934,7 +996,7 @@ class TestAuditCommand(AuditTestCase):
         self.assertRegex(shown, r"lost\s+0")
 
 
-class TestLossRecords(EvenniaTest):
+class TestLossRecords(TempTrailMixin, EvenniaTest):
     def test_loss_record_written_even_when_no_event_follows(self):
         directory = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, directory)
