@@ -11,13 +11,17 @@ export AUDITING_TEST_SERVERS ?= 1
 BUILD := $(CURDIR)/.build
 TESTS ?= auditing
 
-.PHONY: test test-py311 test-py312 demo demo-stop bench clean system-deps
+.PHONY: test test-py311 test-py312 user-py311 user-py312 demo demo-stop bench clean system-deps
 
-test: system-deps
-	@rm -f $(BUILD)/py311/summary $(BUILD)/py312/summary
-	@$(MAKE) --no-print-directory test-py311
-	@$(MAKE) --no-print-directory test-py312
-	@cat $(BUILD)/py311/summary $(BUILD)/py312/summary | awk '{p+=$$1; f+=$$2} END {printf "tests: %d passed, %d failed\n", p, f}' 
+test: system-deps .venv/py311/.installed .venv/py312/.installed
+	@rm -f $(BUILD)/*/summary
+	@# The two interpreters side by side (each run's output is shown whole when it ends), then a
+	@# new user's game on each: `evennia test auditing` with nothing but `pip install` of the package.
+	@status=0; \
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-py311 test-py312 || status=1; \
+	$(MAKE) --no-print-directory -j2 --output-sync=target user-py311 user-py312 || status=1; \
+	cat $(BUILD)/*/summary | awk '{p+=$$1; f+=$$2} END {printf "tests: %d passed, %d failed\n", p, f}'; \
+	exit $$status
 
 # rsyslogd is a real peer of the syslog tests (started and stopped by the tests themselves).
 system-deps:
@@ -34,6 +38,13 @@ test-py311: system-deps .venv/py311/.installed
 
 test-py312: system-deps .venv/py312/.installed
 	@tools/run-tests .venv/py312 $(BUILD)/py312 $(TESTS)
+
+# A new user's game: a fresh virtualenv with only `pip install` of the package and the README's settings.
+user-py311: system-deps
+	@tools/user-game $(PY311) $(BUILD)/user-py311
+
+user-py312: system-deps
+	@tools/user-game $(PY312) $(BUILD)/user-py312
 
 demo: .venv/py311/.installed
 	@.venv/py311/bin/python -m auditing.demo run --dir $(CURDIR)/demo

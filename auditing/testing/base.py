@@ -9,6 +9,7 @@ service itself (no server runs in a test) and stops it before the override ends:
 outside the test database and temporary directories.
 """
 
+import os
 import shutil
 import tempfile
 from unittest import mock
@@ -19,24 +20,31 @@ from .. import service
 
 
 class TempTrailMixin:
-    """Mix in before an Evennia test case class: a temporary AUDIT_LOG_DIR and a started service."""
+    """Mix in before an Evennia test case class: a temporary AUDIT_LOG_DIR and a started service.
+
+    Both directions are recorded unless a test says otherwise (the game's settings may not).
+    """
 
     start_service = True
 
     def setUp(self):
+        from ..server import AuditedServerSession
+
         self.trail_dir = tempfile.mkdtemp(prefix="audit-test-")
         self.addCleanup(shutil.rmtree, self.trail_dir, True)
-        override = override_settings(AUDIT_LOG_DIR=self.trail_dir)
+        override = override_settings(AUDIT_LOG_DIR=self.trail_dir, AUDIT_IN=True, AUDIT_OUT=True)
         override.enable()
         self.addCleanup(override.disable)
+        # Every session Evennia's session handler builds in a test is of our class.
+        patcher = mock.patch("evennia.server.sessionhandler._ServerSession", AuditedServerSession)
+        patcher.start()
+        self.addCleanup(patcher.stop)
+        # Evennia's test fixtures log lock warnings to the game's server/logs: into ours instead.
+        warnings = mock.patch("evennia.locks.lockhandler.WARNING_LOG",
+                              os.path.join(self.trail_dir, "lockwarnings.log"))
+        warnings.start()
+        self.addCleanup(warnings.stop)
         self.addCleanup(service.stop)  # cleanups run last-in first-out: before the override ends
         if self.start_service:
             service.start()  # before the sessions are made: they get their `connect` records
         super().setUp()
-
-    def setup_session(self):
-        """EvenniaTest's logged-in session, of our class whatever SERVER_SESSION_CLASS says."""
-        from ..server import AuditedServerSession
-
-        with mock.patch("evennia.server.sessionhandler._ServerSession", AuditedServerSession):
-            super().setup_session()

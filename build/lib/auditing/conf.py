@@ -1,0 +1,305 @@
+"""
+The one place that reads and validates the `AUDIT_*` settings.
+
+Every setting is read from `django.conf.settings` when the configuration is built, and the built
+`AuditConfig` is cached until `reset()` (the service calls it when Django reports a change to an
+`AUDIT_*` setting, so `override_settings` works in tests). A bad value raises `AuditConfigError`
+naming the setting and the value; the service turns that into one clear error in the server log
+when the server starts (see `auditing.service`).
+
+Settings (all optional except `SERVER_SESSION_CLASS`, which switches auditing on):
+
+    AUDIT_CALLBACK = "auditing.outputs.to_file"
+        Dotted path (or callable) receiving one event dict per record.
+    AUDIT_IN = False
+        Record client -> game input.
+    AUDIT_OUT = False
+        Record game -> client output.
+    AUDIT_ALLOW_SPARSE = False
+        Keep keys whose values are None/""/[]/{} (0 and False are always kept).
+    AUDIT_MASKS = []
+        Extra masks, `[{"label": r"regex with (?P<secret>...)"}, ...]`, added to the built-in ones.
+        Compiled with RE2 (linear-time matching): backreferences and lookaround are refused.
+    AUDIT_PROMPT_MASKS = []
+        Extra password-prompt patterns, `[{"label": r"regex"}, ...]`: output matching one masks the
+        next input line of that session whole (see `auditing.scrub`).
+    AUDIT_QUEUE_SIZE = 100000
+        Events held in memory between the game thread and the writer before new ones are counted lost.
+    AUDIT_FLUSH_INTERVAL = 0.25
+        Seconds between writer flushes; a hard crash loses at most this much.
+    AUDIT_LOG_DIR = settings.LOG_DIR
+        Directory of the file sink's `audit_YYYY-MM-DD.log` files.
+    AUDIT_FILE_MAX_BYTES = 0
+        Also rotate a day's file when it reaches this size (0: rotate by UTC day only).
+    AUDIT_COMMAND_LOCK = "cmd:perm(Admin) or perm(Developer)"
+        Who may use the in-game `audit` command (`auditing.commands.CmdAudit`).
+    AUDIT_SYSLOG = {}
+        Syslog sink options: `address` (None: local syslog socket `/dev/log`; a path; or
+        `("host", port)`), `transport` ("unix", "udp" or "tcp"), `facility` ("user", "local0", ...),
+        `app_name` ("evennia-audit").
+"""
+
+import dataclasses
+import os
+import socket
+from typing import Any, Callable
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+try:
+    import re2
+except ImportError:  # pragma: no cover - declared dependency; only missing in a broken install
+    re2 = None
+
+DEFAULT_CALLBACK = "auditing.outputs.to_file"
+DEFAULT_COMMAND_LOCK = "cmd:perm(Admin) or perm(Developer)"
+DEFAULTS = {
+    "AUDIT_CALLBACK": DEFAULT_CALLBACK,
+    "AUDIT_IN": False,
+    "AUDIT_OUT": False,
+    "AUDIT_ALLOW_SPARSE": False,
+    "AUDIT_MASKS": [],
+    "AUDIT_PROMPT_MASKS": [],
+    "AUDIT_QUEUE_SIZE": 100_000,
+    "AUDIT_FLUSH_INTERVAL": 0.25,
+    "AUDIT_LOG_DIR": None,
+    "AUDIT_FILE_MAX_BYTES": 0,
+    "AUDIT_SYSLOG": {},
+}
+SYSLOG_DEFAULTS = {
+    "address": None,
+    "transport": None,
+    "facility": "user",
+    "app_name": "evennia-audit",
+}
+SYSLOG_TRANSPORTS = ("unix", "udp", "tcp")
+
+
+class AuditConfigError(ImproperlyConfigured):
+    """A setting of this module has a value it cannot use. The message names setting and value."""
+
+
+@dataclasses.dataclass(frozen=True)
+class UserMask:
+    """One compiled `{label: regex}` entry from a settings list."""
+
+    label: str
+    pattern: str
+    regex: Any  # an re2 compiled pattern
+    secret_group: int  # index of the `secret` group (0 for prompt masks: the whole line)
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditConfig:
+    """Validated, immutable view of the `AUDIT_*` settings."""
+
+    callback: Callable[[dict], Any]
+    callback_path: str
+    audit_in: bool
+    audit_out: bool
+    allow_sparse: bool
+    masks: tuple  # of UserMask
+    prompt_masks: tuple  # of UserMask
+    queue_size: int
+    flush_interval: float
+    log_dir: str
+    file_max_bytes: int
+    syslog: dict
+    idle_command: str  # Evennia's IDLE_COMMAND: the webclient keep-alive, never an answer
+    # Looked up once, not per event.
+    hostname: str
+    application: str
+    version: str
+    pid: int
+
+
+def command_lock():
+    """`AUDIT_COMMAND_LOCK`: who may use the in-game `audit` command (an Evennia lock string)."""
+    value = getattr(settings, "AUDIT_COMMAND_LOCK", DEFAULT_COMMAND_LOCK)
+    if not isinstance(value, str) or not value.startswith("cmd:"):
+        raise AuditConfigError(f"AUDIT_COMMAND_LOCK = {value!r}: must be a lock string 'cmd:...'")
+    return value
+
+
+def _setting(name):
+    return getattr(settings, name, DEFAULTS[name])
+
+
+def _fail(name, value, problem):
+    raise AuditConfigError(f"{name} = {value!r}: {problem}")
+
+
+def _bool(name):
+    value = _setting(name)
+    if not isinstance(value, bool):
+        _fail(name, value, "must be True or False")
+    return value
+
+
+def _number(name, kind, minimum):
+    value = _setting(name)
+    if isinstance(value, bool) or not isinstance(value, kind) or value < minimum:
+        kind_name = "number" if isinstance(kind, tuple) else kind.__name__
+        _fail(name, value, f"must be a {kind_name} >= {minimum}")
+    return value
+
+
+def resolve_callback(value, name="AUDIT_CALLBACK"):
+    """Import a dotted path (or accept a callable) and check it can be called with one dict."""
+    if callable(value):
+        return value, f"{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', value)}"
+    if not isinstance(value, str) or "." not in value:
+        _fail(name, value, "must be a dotted path like 'mygame.server.audit.send' or a callable")
+    module_path, _, attr = value.rpartition(".")
+    import importlib
+
+    try:
+        module = importlib.import_module(module_path)
+    except Exception as err:  # ImportError, or the module raising while it loads
+        _fail(name, value, f"cannot import module {module_path!r} ({type(err).__name__}: {err})")
+    try:
+        target = getattr(module, attr)
+    except AttributeError:
+        _fail(name, value, f"module {module_path!r} has no attribute {attr!r}")
+    if not callable(target):
+        _fail(name, value, f"{value} is a {type(target).__name__}, not a callable")
+    return target, value
+
+
+def _evennia_default_masks():
+    """Evennia 6 ships its own `AUDIT_MASKS` defaults; ours supersede them (Evennia 5 has none)."""
+    try:
+        from evennia import settings_default
+
+        return list(getattr(settings_default, "AUDIT_MASKS", []))
+    except Exception:
+        return []
+
+
+def compile_masks(name, entries, need_secret):
+    """Compile a `[{label: regex}, ...]` setting with RE2.
+
+    RE2 matches in time linear in the input, so no mask a game adds can stall the writer the way the
+    contrib's backtracking regexes could (a crafted 6,000-character line took over a minute there).
+    """
+    if entries is None:
+        return ()
+    if not isinstance(entries, (list, tuple)):
+        _fail(name, entries, "must be a list of {label: regex} dicts")
+    if re2 is None:
+        _fail(name, entries, "needs the google-re2 package (pip install google-re2)")
+    skip = _evennia_default_masks() if name == "AUDIT_MASKS" else []
+    compiled = []
+    for index, entry in enumerate(entries):
+        if entry in skip:
+            continue
+        where = f"{name}[{index}]"
+        if not isinstance(entry, dict) or not entry:
+            _fail(where, entry, "must be a dict {label: regex}")
+        for label, pattern in entry.items():
+            if not isinstance(label, str) or not isinstance(pattern, str):
+                _fail(where, entry, "label and regex must both be strings")
+            try:
+                regex = re2.compile("(?i)" + pattern)
+            except Exception as err:
+                _fail(
+                    where,
+                    entry,
+                    f"invalid regex for RE2 ({err}); RE2 has no backreferences or lookaround",
+                )
+            group = regex.groupindex.get("secret")
+            if need_secret and group is None:
+                _fail(where, entry, "the regex needs a named group (?P<secret>...) around the secret")
+            compiled.append(UserMask(label, pattern, regex, group or 0))
+    return tuple(compiled)
+
+
+def _syslog_options():
+    value = _setting("AUDIT_SYSLOG")
+    if not isinstance(value, dict):
+        _fail("AUDIT_SYSLOG", value, "must be a dict")
+    unknown = set(value) - set(SYSLOG_DEFAULTS)
+    if unknown:
+        _fail("AUDIT_SYSLOG", value, f"unknown keys {sorted(unknown)}; known: {sorted(SYSLOG_DEFAULTS)}")
+    options = {**SYSLOG_DEFAULTS, **value}
+    address = options["address"]
+    transport = options["transport"]
+    if address is None or isinstance(address, str):
+        transport = transport or "unix"
+        if transport != "unix":
+            _fail("AUDIT_SYSLOG", value, "a socket path (or None for /dev/log) needs transport 'unix'")
+    elif (
+        isinstance(address, (tuple, list))
+        and len(address) == 2
+        and isinstance(address[0], str)
+        and isinstance(address[1], int)
+    ):
+        transport = transport or "udp"
+        if transport not in ("udp", "tcp"):
+            _fail("AUDIT_SYSLOG", value, "a (host, port) address needs transport 'udp' or 'tcp'")
+        address = (address[0], address[1])
+    else:
+        _fail("AUDIT_SYSLOG", value, "address must be None, a unix socket path or (host, port)")
+    from .syslog import FACILITIES
+
+    if options["facility"] not in FACILITIES:
+        _fail("AUDIT_SYSLOG", value, f"facility must be one of {sorted(FACILITIES)}")
+    if not isinstance(options["app_name"], str) or not options["app_name"]:
+        _fail("AUDIT_SYSLOG", value, "app_name must be a non-empty string")
+    return {**options, "address": address, "transport": transport}
+
+
+def _evennia_version():
+    try:
+        from evennia.utils.utils import get_evennia_version
+
+        return get_evennia_version("short")
+    except Exception:
+        return "unknown"
+
+
+def load():
+    """Read and validate every `AUDIT_*` setting. Raises `AuditConfigError` on the first bad one."""
+    callback, callback_path = resolve_callback(_setting("AUDIT_CALLBACK"))
+    log_dir = _setting("AUDIT_LOG_DIR") or getattr(settings, "LOG_DIR", None) or "."
+    if not isinstance(log_dir, (str, os.PathLike)):
+        _fail("AUDIT_LOG_DIR", log_dir, "must be a directory path")
+    return AuditConfig(
+        callback=callback,
+        callback_path=callback_path,
+        audit_in=_bool("AUDIT_IN"),
+        audit_out=_bool("AUDIT_OUT"),
+        allow_sparse=_bool("AUDIT_ALLOW_SPARSE"),
+        masks=compile_masks("AUDIT_MASKS", _setting("AUDIT_MASKS"), need_secret=True),
+        prompt_masks=compile_masks(
+            "AUDIT_PROMPT_MASKS", _setting("AUDIT_PROMPT_MASKS"), need_secret=False
+        ),
+        queue_size=_number("AUDIT_QUEUE_SIZE", int, 1),
+        flush_interval=float(_number("AUDIT_FLUSH_INTERVAL", (int, float), 0.001)),
+        log_dir=os.fspath(log_dir),
+        file_max_bytes=_number("AUDIT_FILE_MAX_BYTES", int, 0),
+        syslog=_syslog_options(),
+        idle_command=str(getattr(settings, "IDLE_COMMAND", "idle")),
+        hostname=socket.gethostname(),
+        application=str(getattr(settings, "SERVERNAME", "Evennia")),
+        version=_evennia_version(),
+        pid=os.getpid(),
+    )
+
+
+_cached = None
+
+
+def get():
+    """The current `AuditConfig`, built on first use and after any `AUDIT_*` setting changes."""
+    global _cached
+    if _cached is None:
+        _cached = load()
+    return _cached
+
+
+def reset(**_ignored):
+    """Forget the cached configuration (the service calls it when Django reports a settings change)."""
+    global _cached
+    _cached = None

@@ -1,0 +1,407 @@
+"""
+Events: captured on the game thread, built into dicts on the writer thread.
+
+`capture()` is the only part that runs in Evennia's reactor thread, so it does only what cannot wait:
+it takes the time, the connection's id and sequence number and references to the account, puppet and
+room *as they are now*, and a shallow snapshot of the keyword arguments (Evennia mutates the inner
+dicts after we see them). Everything else (names, text flattening, scrubbing, the dict itself) is
+`build()`'s work on the writer thread.
+
+The dict keeps every key of Evennia's contrib so callbacks written for it keep working, and adds
+`v` (format version), `kind`, `conn` (connection id) and `seq` (per-connection sequence number).
+"""
+
+import datetime
+import time
+
+import orjson
+
+from . import FORMAT_VERSION
+from .scrub import MASK
+
+RCV = "RCV"  # client -> game
+SND = "SND"  # game -> client
+
+_UTC = datetime.timezone.utc
+_EMPTY_TYPES = (str, list, dict, tuple)  # falsy values of these types are "empty"
+# What Evennia's session handler feeds a new connection as input (settings.CMD_LOGINSTART).
+LOGIN_START = "__unloggedin_look_command"
+# Several strings in one `text` become lines (the contrib used "|", which collides with colour codes).
+TEXT_JOIN = "\n"
+
+# ---------------------------------------------------------------- game thread
+
+
+def _snapshot(kwargs):
+    """Copy what Evennia may mutate after the call: the top dict and each command's kwargs dict."""
+    copied = {}
+    for key, value in kwargs.items():
+        if type(value) in (tuple, list) and len(value) == 2 and type(value[1]) is dict:
+            value = (value[0], dict(value[1]))
+        copied[key] = value
+    return copied
+
+
+def capture(session, direction, kwargs, kind="io", now=time.time, who=None):
+    """Everything `build()` needs that could change before the writer gets to it. Game thread.
+
+    Args:
+        session (ServerSession): the connection.
+        direction (str): RCV or SND (None for lifecycle records).
+        kwargs (dict): the arguments of `data_in`/`data_out`, or a lifecycle record's fields.
+        kind (str): "io", or a lifecycle kind ("login", ...).
+        now (callable): the clock.
+        who (tuple): (account, puppet) to record instead of the session's current ones.
+    """
+    conn = session.audit_conn  # given by the service before the first capture
+    if who is not None:
+        account, puppet = who
+        room = puppet.location if puppet is not None else None
+    elif session.logged_in:
+        account = session.account
+        puppet = session.puppet
+        room = puppet.location if puppet is not None else None
+    else:
+        account = puppet = room = None
+    snapshot = _snapshot(kwargs)
+    # Numbered last: whatever raised above leaves no gap in the sequence.
+    seq = session.audit_seq = session.audit_seq + 1
+    return (now(), kind, direction, session, conn, seq, account, puppet, room, snapshot)
+
+
+# ---------------------------------------------------------------- writer thread
+
+
+_second = [None, ""]  # the last whole second formatted, and its text
+
+
+def iso_time(timestamp):
+    """ISO 8601 UTC with microseconds and a Z: 2026-11-27T07:40:12.123456Z."""
+    whole = int(timestamp)
+    micro = int(round((timestamp - whole) * 1_000_000))
+    if micro == 1_000_000:
+        whole, micro = whole + 1, 0
+    if _second[0] != whole:  # one strftime per second, not per event
+        _second[0], _second[1] = whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+    return f"{_second[1]}.{micro:06d}Z"
+
+
+_tokens = {}  # id(obj) -> (pk, name, "name#dbref"): names are read per event, formatted once
+
+
+def _token(obj):
+    """`name#dbref` like the contrib; never raises (a deleted object gives its repr)."""
+    if obj is None:
+        return ""
+    try:
+        pk, name = obj.id, obj.key
+        cached = _tokens.get(id(obj))
+        if cached is not None and cached[0] == pk and cached[1] == name:
+            return cached[2]
+        token = f"{name}#{pk}" if pk else str(name)
+        if len(_tokens) > 100_000:
+            _tokens.clear()
+        _tokens[id(obj)] = (pk, name, token)
+        return token
+    except Exception:
+        return repr(obj)
+
+
+def _ip(address):
+    if isinstance(address, (tuple, list)):
+        address = address[0] if address else ""
+    return "" if address is None else str(address)
+
+
+def flatten_text(value):
+    """The strings carried by a `text` argument, in order (nested lists; dicts are options)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, bytes):
+        return [value.decode("utf-8", "replace")]
+    if isinstance(value, dict):
+        return []
+    if isinstance(value, (list, tuple)):
+        strings = []
+        for item in value:
+            strings.extend(flatten_text(item))
+        return strings
+    return [str(value)]
+
+
+def split_text(kwargs):
+    """Pop `text` from kwargs: (list of strings, the text's own option dict or None)."""
+    value = kwargs.pop("text", None)
+    options = None
+    if isinstance(value, (tuple, list)) and len(value) == 2 and isinstance(value[1], dict):
+        value, options = value
+    return flatten_text(value), (options or None)
+
+
+def _objects(captured, sparse_mode=False):
+    """The live objects of an event, for callbacks (never serialised)."""
+    when, _kind, _direction, session, _conn, _seq, account, puppet, room, _kwargs = captured
+    objects = {
+        "time": datetime.datetime.fromtimestamp(when, _UTC),
+        "session": session,
+        "account": account,
+        "character": puppet,
+        "room": room,
+    }
+    if sparse_mode:  # identity test: Evennia objects compare slowly (and oddly) with ==
+        objects = {key: value for key, value in objects.items() if value is not None}
+    return objects
+
+
+def sparse(record):
+    """Drop keys whose value is None or empty ("", [], {}, ()); keep 0 and False."""
+    return {
+        key: value
+        for key, value in record.items()
+        if value or (value is not None and type(value) not in _EMPTY_TYPES)
+    }
+
+
+class Builder:
+    """Turns captured tuples into finished, scrubbed event dicts.
+
+    Args:
+        config (conf.AuditConfig): host name, version etc. are taken from it once.
+        scrubber (scrub.Scrubber): the masking rules.
+    """
+
+    def __init__(self, config, scrubber, with_objects=True):
+        self.config = config
+        self.scrubber = scrubber
+        # Both directions are always observed (scrubbing state needs the prompts and the typed
+        # secrets); only these are recorded: what AUDIT_IN / AUDIT_OUT turn off is what is written.
+        self.recorded = frozenset(
+            direction
+            for direction, on in ((RCV, config.audit_in), (SND, config.audit_out))
+            if on
+        )
+        # Built-in outputs drop `objects` unread: they are only made for custom callbacks.
+        self.with_objects = with_objects
+        self._who = {}  # (conn, account, puppet, room) -> (the keys they determine, as JSON)
+        self._who_second = None
+        self.last_parts = None
+        self.states = {}  # conn -> scrub.ConnectionScrubState
+        from .scrub import ConnectionScrubState
+
+        self._new_state = ConnectionScrubState
+
+    def state(self, conn):
+        state = self.states.get(conn)
+        if state is None:
+            if len(self.states) > 50_000:  # connections that never said goodbye
+                self.states.clear()
+            state = self.states[conn] = self._new_state()
+        return state
+
+    def forget(self, conn):
+        self.states.pop(conn, None)
+
+    def export_states(self):
+        """What carries over a reload for each connection's scrubbing (no secret in clear)."""
+        return {conn: state.export() for conn, state in self.states.items() if state.export()}
+
+    def restore(self, conn, exported):
+        """Take back `export_states()[conn]` from the previous server process."""
+        self.state(conn).restore(exported)
+
+    def build(self, captured):
+        """The event dict for one captured tuple (see `capture`)."""
+        when, kind, direction, session, conn, seq, account, puppet, room, kwargs = captured
+        if kind != "io":
+            return self.build_lifecycle(captured)
+        kwargs = dict(kwargs)
+        strings, text_options = split_text(kwargs)
+        state = self.state(conn)
+        # Logged in *when it was typed* (the writer may run after the login that followed).
+        logged_in = account is not None
+        text, masked = self._scrub_text(direction, strings, kwargs, text_options, state, when,
+                                        logged_in)
+        sparse_mode = not self.config.allow_sparse
+        if kwargs:
+            secrets = []
+            data, data_labels = self.scrubber.data(
+                kwargs,
+                self.scrubber.command if direction == RCV else self.scrubber.output,
+                secrets=secrets,
+            )
+            for label in data_labels:
+                if label not in masked:
+                    masked.append(label)
+            for secret in secrets:  # an OOB secret the game may echo back in its reply
+                state.remember(secret, MASK, when)
+            if sparse_mode:
+                # An OOB command's name is information even with no arguments: only None goes.
+                data = {key: value for key, value in data.items() if value is not None}
+        else:
+            data = {}
+        if text_options:
+            # The game's own options for the text ({"type": "say"}): secret-named keys are masked,
+            # the values are not scrubbed as text (but in RCV they came from the client: they are).
+            if direction == RCV:
+                text_options, labels = self.scrubber.data(text_options, self.scrubber.command)
+                masked.extend(label for label in labels if label not in masked)
+            else:
+                text_options = self.scrubber.secret_keys(text_options, masked)
+            if sparse_mode:
+                text_options = sparse(text_options)
+            if text_options:
+                data["text_options"] = text_options
+        text = text.strip()
+        event = self._head(captured)
+        if text or not sparse_mode:
+            event["text"] = text
+        event["bytes"] = len(text.encode("utf-8", "surrogatepass"))  # lone surrogates: still a record
+        if data or not sparse_mode:
+            event["data"] = data
+        if masked or not sparse_mode:
+            event["masked"] = masked
+        if direction == RCV and strings == [LOGIN_START]:
+            event["origin"] = "server"  # Evennia feeds this to new connections; nobody typed it
+        if direction not in self.recorded:
+            return None  # observed for scrubbing only
+        return self._finish(event, captured, sparse_mode)
+
+    def _head(self, captured):
+        """The keys that change with every record: what, when, which connection."""
+        when, kind, direction, _session, conn, seq = captured[:6]
+        head = {"v": FORMAT_VERSION, "kind": kind, "time": iso_time(when)}
+        if direction is not None:
+            head["direction"] = direction
+        head["conn"] = conn
+        head["seq"] = seq
+        return head
+
+    def _finish(self, head, captured, sparse_mode):
+        """Add the keys that stay the same while the connection's account, character and room do.
+
+        Those are made (and serialised) once and reused, and forgotten every second so that renames
+        show. `last_parts` keeps (head, serialised rest) of this record for `serialize_parts`.
+        """
+        when, _kind, _direction, session, conn, _seq, account, puppet, room, _kwargs = captured
+        second = int(when)
+        if second != self._who_second:
+            self._who.clear()
+            self._who_second = second
+        key = (conn, id(account), id(puppet), id(room))
+        who = self._who.get(key)
+        if who is None:
+            who_dict = self._who_and_where(session, account, puppet, room)
+            who = self._who[key] = (who_dict, orjson.dumps(who_dict)[1:])
+        self.last_parts = (head, who[1])
+        event = {**head, **who[0]}
+        if self.with_objects:
+            event["objects"] = _objects(captured, sparse_mode)
+        return event
+
+    def _who_and_where(self, session, account, puppet, room):
+        config = self.config
+        who = {
+            "hostname": config.hostname,
+            "application": config.application,
+            "version": config.version,
+            "pid": config.pid,
+            "protocol": getattr(session, "protocol_key", ""),
+            "ip": _ip(getattr(session, "address", "")),
+            "session": f"session#{getattr(session, 'sessid', '')}",
+            "account": _token(account),
+            "character": _token(puppet),
+            "room": _token(room),
+        }
+        return sparse(who) if not config.allow_sparse else who
+
+    def build_lifecycle(self, captured):
+        """A lifecycle record: who, where and from which connection, plus the record's own fields."""
+        kind, conn, fields = captured[1], captured[4], captured[9]
+        event = self._head(captured)
+        for key, value in fields.items():
+            # Objects (the puppet, a created account) are recorded by name#dbref.
+            event[key] = value if isinstance(value, (str, int, float, bool, type(None))) else _token(value)
+        if kind == "disconnect":
+            self.forget(conn)
+        sparse_mode = not self.config.allow_sparse
+        if sparse_mode:
+            event = sparse(event)
+        return self._finish(event, captured, sparse_mode)
+
+    def _scrub_text(self, direction, strings, kwargs, text_options, state, when, logged_in):
+        scrubber = self.scrubber
+        masked = []
+        if direction == RCV:
+            if strings and state.armed_by and strings != [self.config.idle_command]:
+                # The last output asked for a password (or hid the echo): this line is the answer.
+                # (The webclient's keep-alive `idle` is discarded by Evennia: it answers nothing.)
+                masked.append(state.armed_by)
+                state.armed_by = None
+                for original in strings:  # a game may echo the answer back
+                    state.remember(original, MASK, when, min_length=_ANSWER_MIN_LENGTH)
+                return MASK, masked
+            cleaned = []
+            for original in strings:
+                line, label = scrubber.command(original, logged_in)
+                if label:
+                    masked.append(label)
+                    state.remember(original, line, when)
+                cleaned.append(line)
+            return TEXT_JOIN.join(cleaned), masked
+        cleaned = []
+        for original in strings:
+            line, label = scrubber.output(original, logged_in)
+            if label:
+                masked.append(label)
+            line, echo_label = state.untaint(line, when)
+            if echo_label and echo_label not in masked:
+                masked.append(echo_label)
+            cleaned.append(line)
+        text = TEXT_JOIN.join(cleaned)
+        # Armed until the next input line, whatever other output comes first.
+        if _echo_off(kwargs, text_options):
+            state.armed_by = "echo_off"
+        elif text and _may_be_prompt(text, text_options):
+            state.armed_by = scrubber.is_password_prompt(text) or state.armed_by
+        prompt = kwargs.get("prompt")  # msg(prompt=...): the telnet prompt line
+        if prompt:
+            prompt_text = "\n".join(flatten_text(prompt))
+            if prompt_text and _may_be_prompt(prompt_text, None):
+                state.armed_by = scrubber.is_password_prompt(prompt_text) or state.armed_by
+        return text, masked
+
+
+# A typed answer to a password prompt is watched for in later output only from this length: a short
+# answer ("look", a mistyped "y") would mask ordinary words for minutes.
+_ANSWER_MIN_LENGTH = 6
+
+# Output types of player-authored messages (say, pose, whisper ...): what a player writes must not
+# arm the mask on the listeners' next line. Menus (EvMenu: "menu") and untyped output may.
+_PROMPT_TYPES = (None, "menu", "prompt", "input")
+
+
+def _may_be_prompt(text, text_options):
+    kind = text_options.get("type") if isinstance(text_options, dict) else None
+    if kind not in _PROMPT_TYPES:
+        return False
+    # Channel lines ("[Public] bob: what is the password?") and pages ("Account bob pages: ...")
+    # are players talking too.
+    if text.startswith("[") and "] " in text[:80]:
+        return False
+    return "pages:" not in text[:200]
+
+
+def _echo_off(kwargs, text_options):
+    """Evennia hides what a player types with `echo=False` (telnet WILL ECHO / webclient)."""
+    options = kwargs.get("options")
+    for source in (text_options, options if isinstance(options, dict) else None):
+        if source and source.get("echo") is False:
+            return True
+    echo = kwargs.get("echo")
+    if echo is not None:
+        args = echo[0] if isinstance(echo, (tuple, list)) and echo else echo
+        if args is False or (isinstance(args, (list, tuple)) and args and args[0] is False):
+            return True
+    return False

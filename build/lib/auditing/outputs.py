@@ -1,0 +1,74 @@
+"""
+Outputs: where audit events go. `AUDIT_CALLBACK` names one of these, or your own function.
+
+- `to_file` (the default): JSON Lines, one file per UTC day, `audit_YYYY-MM-DD.log` in
+  `AUDIT_LOG_DIR` (default: the game's `server/logs`), mode 0600. See `auditing.filesink`.
+- `to_syslog`: one JSON record per syslog message (RFC 5424), to the local syslog or to a remote
+  rsyslog/syslog-ng over UDP or TCP, as `AUDIT_SYSLOG` says. See `auditing.syslog`.
+
+Both are also plain callables taking one event dict, like the contrib's functions, for code that calls
+them directly. A custom callback is any callable taking one dict:
+
+    def to_my_store(event):
+        event.pop("objects", None)    # live Evennia objects: read them, don't store them
+        my_store.append(event)
+
+It runs on the audit writer thread (never the game's), in order, one event at a time.
+"""
+
+import threading
+
+from . import conf
+from .filesink import FileSink
+from .pipeline import serialize
+
+
+class BuiltinOutput:
+    """A built-in sink as the pipeline sees it (`make_sink`) and as a one-dict callable.
+
+    Args:
+        name (str): for messages.
+        factory (callable): `factory(config)` returns a `sinkbase.Sink`.
+    """
+
+    def __init__(self, name, factory):
+        self.__name__ = self.__qualname__ = name
+        self.__module__ = __name__
+        self.factory = factory
+        self._direct = None
+        self._lock = threading.Lock()
+
+    def make_sink(self, config):
+        """A new sink for the pipeline's writer thread."""
+        return self.factory(config)
+
+    def __call__(self, event):
+        """Write one event now (direct use, outside the pipeline)."""
+        event = dict(event)
+        objects = event.pop("objects", None) or {}
+        when = objects.get("time")
+        with self._lock:
+            if self._direct is None:
+                self._direct = self.factory(conf.get())
+            times = [when.timestamp()] if when is not None else None
+            self._direct.write([serialize(event)], times)
+            self._direct.flush()
+
+    def __repr__(self):
+        return f"auditing.outputs.{self.__name__}"
+
+
+def _file_sink(config):
+    return FileSink(config.log_dir, max_bytes=config.file_max_bytes)
+
+
+def _syslog_sink(config):
+    from .syslog import syslog_sink
+
+    return syslog_sink(**config.syslog)
+
+
+to_file = BuiltinOutput("to_file", _file_sink)
+to_syslog = BuiltinOutput("to_syslog", _syslog_sink)
+
+__all__ = ["to_file", "to_syslog", "FileSink", "BuiltinOutput"]

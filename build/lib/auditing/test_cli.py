@@ -1,0 +1,750 @@
+"""
+Tests of the investigation tool (`evennia-audit`, auditing.cli and auditing.trail).
+
+The fixture trail is written by the project's own FileSink (daily files, size rotation), from event
+dicts shaped like the ones the writer thread builds; then one day is gzip-compressed and another gets a
+malformed line, a JSON line that is not an object and a truncated last line, like a crash leaves.
+
+Run: `evennia test auditing.test_cli` from a game directory (or `make test-py311 TESTS=auditing.test_cli`).
+"""
+
+import contextlib
+import datetime
+import gzip
+import io
+import os
+import re
+import shutil
+import tempfile
+import unittest
+from unittest import mock
+
+import orjson
+
+from auditing import cli, trail
+from auditing.outputs import FileSink
+
+UTC = datetime.timezone.utc
+HOST = {"hostname": "game1", "application": "Evennia", "version": "5.0.1", "pid": 4242}
+NOW = datetime.datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)  # "now" for relative times
+PREFIX = "67470c2a1f3b"  # like event.new_connection_id(): start time and pid in hex
+
+
+def _t(day, clock):
+    """2026-11-DAY, HH:MM:SS.ffffff -> the trail's time string."""
+    return f"2026-11-{day:02d}T{clock}Z"
+
+
+def _epoch(value):
+    return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+class Conn:
+    """A fake connection producing event dicts the way auditing.event.Builder shapes them (sparse)."""
+
+    def __init__(self, number, ip, protocol="telnet"):
+        self.conn = f"{PREFIX}-{number}"
+        self.session = f"session#{number}"
+        self.ip, self.protocol = ip, protocol
+        self.seq = 0
+        self.account = self.character = self.room = None
+
+    def _base(self, when, kind):
+        self.seq += 1
+        event = {"v": 1, "kind": kind, "time": when, **HOST, "protocol": self.protocol, "ip": self.ip,
+                 "session": self.session, "conn": self.conn, "seq": self.seq,
+                 "account": self.account, "character": self.character, "room": self.room}
+        return event
+
+    def io(self, when, direction, text, masked=None, data=None):
+        event = self._base(when, "io")
+        event.update(direction=direction, text=text, bytes=len(text.encode()), data=data, masked=masked)
+        return {k: v for k, v in event.items() if v not in (None, "", [], {})}
+
+    def rcv(self, when, text, **extra):
+        return self.io(when, "RCV", text, **extra)
+
+    def snd(self, when, text, **extra):
+        return self.io(when, "SND", text, **extra)
+
+    def event(self, when, kind, **fields):
+        event = self._base(when, kind)
+        event.update(fields)
+        return {k: v for k, v in event.items() if v not in (None, "", [], {})}
+
+
+def build_events():
+    """Per day, the events in the order the writer thread would hand them to the sink."""
+    days = {}
+    # ---- day 1: bob plays from telnet; someone tries passwords from another address
+    a = Conn(1, "10.0.0.5")
+    day = [
+        a.event(_t(25, "10:00:00.000000"), "connect"),
+        a.snd(_t(25, "10:00:00.100000"), "|gWelcome|n to |cTestGame|n!|/Type |wconnect <name> <password>|n"),
+        a.rcv(_t(25, "10:00:05.000000"), "connect bob ********", masked=["connect"]),
+    ]
+    a.account = "bob#1"
+    day.append(a.event(_t(25, "10:00:05.200000"), "login"))
+    day.append(a.snd(_t(25, "10:00:05.300000"), "|gLogged in as |wbob|n."))
+    a.character, a.room = "Bob#3", "Limbo#2"
+    day.append(a.event(_t(25, "10:00:05.400000"), "puppet"))
+    look = a.rcv(_t(25, "10:00:06.000000"), "look")
+    desc = a.snd(_t(25, "10:00:06.000000"),
+                 "|cLimbo|n|/Welcome to your new |wEvennia|n-based game! |[rALERT|n |123xterm|n |=mgrey|n 100|| sure")
+    day += [desc, look]  # same time stamp, written out of order: replay sorts by time then seq
+    day.append(a.rcv(_t(25, "10:00:09.000000"), "say hello world"))
+    day.append(a.snd(_t(25, "10:00:09.050000"), 'You say, "hello world"'))
+    day.append(a.rcv(_t(25, "10:00:12.000000"), "say café ☕ \x1b[2J"))  # a player sending an escape
+    day.append(a.event(_t(25, "10:00:20.000000"), "logout"))
+    a.account = a.character = a.room = None
+    day.append(a.event(_t(25, "10:00:20.100000"), "disconnect", reason="quit"))
+
+    b = Conn(2, "203.0.113.9")
+    day.append(b.event(_t(25, "11:00:00.000000"), "connect"))
+    day.append(b.rcv(_t(25, "11:00:02.000000"), "connect bob ********", masked=["connect"]))
+    day.append(b.event(_t(25, "11:00:02.100000"), "login_fail", tried_account="bob", reason="wrong password"))
+    day.append(b.rcv(_t(25, "11:00:03.000000"), "connect admin ********", masked=["connect"]))
+    day.append(b.event(_t(25, "11:00:03.100000"), "login_fail", tried_account="admin", reason="no such account"))
+    day.append(b.rcv(_t(25, "11:00:04.000000"), "connect admin ********", masked=["connect"]))
+    # as the current builder keeps lifecycle details: in "data"
+    day.append(b.event(_t(25, "11:00:04.100000"), "login_fail", data={"tried_account": "admin"}))
+    day.append(b.event(_t(25, "11:00:05.000000"), "disconnect", reason="idle"))
+    days[25] = day
+
+    # ---- day 2: alice on the webclient, a loss episode, bob again late at night
+    c = Conn(3, "192.168.1.20", "webclient/websocket")
+    day = [c.event(_t(26, "09:00:00.000000"), "connect")]
+    c.account = "alice#2"
+    day.append(c.event(_t(26, "09:00:01.000000"), "login"))
+    c.character, c.room = "Alice#4", "Market Square#7"
+    day.append(c.event(_t(26, "09:00:01.500000"), "puppet"))
+    day.append(c.rcv(_t(26, "09:00:02.000000"), "look"))
+    day.append(c.snd(_t(26, "09:00:02.100000"), "|YMarket Square|/Stalls everywhere.|n"))
+    day.append(c.rcv(_t(26, "09:05:00.000000"), "buy apple"))
+    day.append(c.snd(_t(26, "09:05:00.100000"), "You buy an |rapple|n."))
+    day.append({"v": 1, "kind": "loss", "time": _t(26, "09:30:00.000000"), **HOST, "lost": 42,
+                "first_time": _t(26, "09:10:00.000000"), "last_time": _t(26, "09:20:00.000000"),
+                "cause": "disk full"})
+    day.append(c.rcv(_t(26, "09:40:00.000000"), "north"))
+    day.append(c.snd(_t(26, "09:40:00.200000"), "|wNorth Road|n"))
+    day.append(c.rcv(_t(26, "09:41:00.000000"), "", data={"logged_in": [[], {}]}))  # OOB only
+    c.room = "North Road#8"
+    day.append(c.snd(_t(26, "09:41:00.100000"), "Zoë waves.", ))
+
+    d = Conn(4, "10.0.0.5")
+    d.account, d.character, d.room = "bob#1", "Bob#3", "Limbo#2"
+    day.append(d.event(_t(26, "23:59:58.000000"), "connect"))
+    day.append(d.event(_t(26, "23:59:58.500000"), "login"))
+    day.append(d.rcv(_t(26, "23:59:59.500000"), "say late night"))
+    days[26] = day
+
+    # ---- day 3 (size-rotated): bob's night session goes on past midnight; charlie over IPv6
+    day = [d.snd(_t(27, "00:00:00.500000"), 'You say, "late night"')]
+    for n in range(30):
+        day.append(d.rcv(_t(27, f"00:01:{n:02d}.000000"), f"say line {n}"))
+        day.append(d.snd(_t(27, f"00:01:{n:02d}.010000"), f'You say, "line {n}"'))
+    e = Conn(12, "2001:db8::1", "webclient/websocket")  # its id starts with conn 1's id
+    e.account, e.character, e.room = "charlie#5", "Zoë#9", "Limbo#2"
+    day.append(e.event(_t(27, "08:00:00.000000"), "connect"))
+    day.append(e.rcv(_t(27, "08:00:01.000000"), "pose dances"))
+    day.append(e.snd(_t(27, "08:00:01.100000"), "Zoë dances."))
+    days[27] = day
+    return days
+
+
+MALFORMED = (b"this is not json\n", b"[1, 2, 3]\n", b'{"v":1,"account":"bob#1","text":"cut sho\n')
+TRUNCATED = b'{"v":1,"kind":"io","time":"2026-11-26T23:59:59.9'
+
+
+def write_trail(directory, days):
+    """Write the events through FileSink; gzip day 1; break day 2's file."""
+    # Day 1: through the sink's clock (records given without times).
+    now = [0.0]
+    sink = FileSink(directory, clock=lambda: now[0])
+    for event in days[25]:
+        now[0] = _epoch(event["time"])
+        sink.write([orjson.dumps(event)])
+    sink.flush()
+    # Day 2 in one batch with per-record times, as the pipeline does.
+    sink.write([orjson.dumps(e) for e in days[26]], [_epoch(e["time"]) for e in days[26]])
+    sink.close()
+    # Day 3 with size rotation.
+    sink = FileSink(directory, max_bytes=1500, clock=lambda: now[0])
+    for start in range(0, len(days[27]), 7):
+        batch = days[27][start:start + 7]
+        sink.write([orjson.dumps(e) for e in batch], [_epoch(e["time"]) for e in batch])
+    sink.close()
+    day1 = os.path.join(directory, "audit_2026-11-25.log")
+    with open(day1, "rb") as plain, gzip.open(day1 + ".gz", "wb") as packed:
+        shutil.copyfileobj(plain, packed)
+    os.remove(day1)
+    day2 = os.path.join(directory, "audit_2026-11-26.log")
+    with open(day2, "rb") as handle:
+        lines_before = handle.read().count(b"\n")
+    with open(day2, "ab") as handle:
+        handle.write(b"".join(MALFORMED) + TRUNCATED)
+    return lines_before
+
+
+def within(event, since, until):
+    return _epoch(since) <= _epoch(event["time"]) <= _epoch(until)
+
+
+def run(*argv, env=None):
+    """main(argv) with captured output: (exit status, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    environ = {"COLUMNS": "140"}
+    environ.update(env or {})
+    with mock.patch.dict(os.environ, environ), mock.patch.object(trail, "utcnow", return_value=NOW), \
+            contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        if "NO_COLOR" not in (env or {}):
+            os.environ.pop("NO_COLOR", None)
+        status = cli.main([str(arg) for arg in argv])
+    return status, out.getvalue(), err.getvalue()
+
+
+class TrailFixture(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="audit-cli-")
+        cls.dir = os.path.join(cls.tmp, "logs")
+        cls.days = build_events()
+        cls.events = [e for day in sorted(cls.days) for e in cls.days[day]]
+        cls.day2_lines = write_trail(cls.dir, cls.days)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def search(self, *args):
+        status, out, err = run("search", "--dir", self.dir, *args)
+        self.assertEqual(status, 0, err)
+        return out, err
+
+    def count(self, *args):
+        out, _err = self.search("--count", *args)
+        return int(out.strip())
+
+    def json_records(self, *args):
+        out, _err = self.search("--json", *args)
+        return [orjson.loads(line) for line in out.splitlines()]
+
+    def expect(self, predicate):
+        return [e for e in self.events if predicate(e)]
+
+
+class FileLayoutTests(TrailFixture):
+    def test_fixture_made_by_the_sink(self):
+        names = sorted(os.listdir(self.dir))
+        self.assertIn("audit_2026-11-25.log.gz", names)
+        self.assertIn("audit_2026-11-26.log", names)
+        self.assertIn("audit_2026-11-27.log", names)
+        self.assertIn("audit_2026-11-27.1.log", names)  # size rotation happened
+        self.assertIn("audit_2026-11-27.2.log", names)
+
+    def test_files_in_writing_order(self):
+        files, duplicates = trail.list_files(self.dir)
+        names = [f.name for f in files]
+        self.assertEqual(names[0], "audit_2026-11-25.log.gz")
+        self.assertEqual(names[1], "audit_2026-11-26.log")
+        rotated = [n for n in names if n.startswith("audit_2026-11-27.") and n.count(".") == 2]
+        self.assertEqual(names[2:2 + len(rotated)], sorted(rotated, key=lambda n: int(n.split(".")[1])))
+        self.assertEqual(names[-1], "audit_2026-11-27.log")
+        self.assertEqual(duplicates, [])
+
+    def test_every_record_read_back_in_order(self):
+        records = list(trail.read(self.dir))
+        self.assertEqual(records, self.events)
+
+    def test_skips_files_outside_the_time_range_without_opening_them(self):
+        opened = []
+        real_open = open
+
+        def spy(path, *args, **kwargs):
+            opened.append(os.path.basename(path))
+            return real_open(path, *args, **kwargs)
+
+        with mock.patch("builtins.open", spy):
+            reader = trail.Reader(self.dir, trail.Filter(since="2026-11-26T12:00", until="2026-11-26"))
+            records = [r for r, _ in reader]
+        self.assertEqual(opened, ["audit_2026-11-26.log"])
+        self.assertEqual({r["conn"] for r in records}, {f"{PREFIX}-4"})
+
+    def test_duplicate_plain_and_gzip(self):
+        tmp = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, tmp)
+        src = os.path.join(self.dir, "audit_2026-11-25.log.gz")
+        shutil.copy(src, tmp)
+        with gzip.open(src) as packed, open(os.path.join(tmp, "audit_2026-11-25.log"), "wb") as plain:
+            plain.write(packed.read())
+        status, out, err = run("search", "--dir", tmp, "--count")
+        self.assertEqual(int(out), len(self.days[25]))
+        self.assertIn("audit_2026-11-25.log.gz: skipped, the same file exists uncompressed", err)
+
+
+class FilterTests(TrailFixture):
+    def check(self, args, predicate, minimum=1):
+        expected = self.expect(predicate)
+        self.assertGreaterEqual(len(expected), minimum, f"fixture has too few records for {args}")
+        self.assertEqual(self.count(*args), len(expected), args)
+        self.assertEqual(self.count("--no-prefilter", *args), len(expected), args)
+        self.assertEqual(self.json_records(*args), expected, args)
+
+    def test_account(self):
+        bob = lambda e: e.get("account") == "bob#1" or e.get("tried_account") == "bob"  # noqa: E731
+        self.check(["--account", "bob"], bob)
+        self.check(["--account", "BOB#1"], lambda e: e.get("account") == "bob#1")
+        self.check(["--account", "#2"], lambda e: e.get("account") == "alice#2")
+        self.check(["--account", "al*"], lambda e: e.get("account") == "alice#2")
+        self.check(["--account", "bo"], lambda e: False, minimum=0)
+
+    def test_account_includes_tried_account_kept_in_data(self):
+        admin = lambda e: "admin" in (e.get("tried_account"), e.get("data", {}).get("tried_account"))  # noqa
+        self.check(["--account", "admin", "--kind", "login_fail"], admin, minimum=2)
+
+    def test_character(self):
+        self.check(["--character", "alice"], lambda e: e.get("character") == "Alice#4")
+        self.check(["--character", "zoë"], lambda e: e.get("character") == "Zoë#9")
+
+    def test_room(self):
+        self.check(["--room", "market square"], lambda e: e.get("room") == "Market Square#7")
+        self.check(["--room", "Limbo#2"], lambda e: e.get("room") == "Limbo#2")
+
+    def test_ip(self):
+        self.check(["--ip", "10.0.0.5"], lambda e: e.get("ip") == "10.0.0.5")
+        self.check(["--ip", "10.0.0.0/8"], lambda e: e.get("ip") == "10.0.0.5")
+        self.check(["--ip", "2001:db8::/32"], lambda e: e.get("ip") == "2001:db8::1")
+        self.check(["--ip", "10.0.0.50"], lambda e: False, minimum=0)
+
+    def test_conn(self):
+        self.check(["--conn", f"{PREFIX}-3"], lambda e: e.get("conn") == f"{PREFIX}-3")
+        self.check(["--conn", f"{PREFIX}-1"], lambda e: e.get("conn") == f"{PREFIX}-1")  # not -12
+        self.check(["--conn", f"{PREFIX}-*"], lambda e: "conn" in e, minimum=10)
+        self.check(["--conn", "*-1?"], lambda e: e.get("conn") == f"{PREFIX}-12")
+
+    def test_direction(self):
+        self.check(["--direction", "RCV"], lambda e: e.get("direction") == "RCV")
+        self.check(["--direction", "snd"], lambda e: e.get("direction") == "SND")
+
+    def test_kind(self):
+        self.check(["--kind", "login_fail"], lambda e: e["kind"] == "login_fail", minimum=3)
+        self.check(["--kind", "login,logout"], lambda e: e["kind"] in ("login", "logout"))
+        self.check(["--kind", "io"], lambda e: e["kind"] == "io")
+        self.check(["--kind", "loss"], lambda e: e["kind"] == "loss")
+
+    def test_since_until_absolute(self):
+        self.check(["--since", "2026-11-26T09:05:00Z", "--until", "2026-11-26T09:40:00.1Z"],
+                   lambda e: within(e, "2026-11-26T09:05:00Z", "2026-11-26T09:40:00.1Z"), minimum=4)
+        self.check(["--until", "2026-11-25"], lambda e: e["time"].startswith("2026-11-25"))
+        self.check(["--since", "2026-11-27"], lambda e: e["time"] >= "2026-11-27")
+        # an offset is honoured: 10:00+01:00 is 09:00 UTC
+        self.check(["--since", "2026-11-26T10:00:00+01:00", "--until", "2026-11-26T09:00:01.5Z"],
+                   lambda e: within(e, "2026-11-26T09:00:00Z", "2026-11-26T09:00:01.5Z"), minimum=3)
+
+    def test_since_until_relative(self):
+        # now is 2026-11-27 12:00 UTC
+        self.check(["--since", "1d"], lambda e: e["time"] >= "2026-11-26T12:00")
+        self.check(["--since", "13h", "--until", "12h"],
+                   lambda e: "2026-11-26T23:00" <= e["time"] <= "2026-11-27T00:00")
+        self.check(["--until", "2d"], lambda e: e["time"] <= "2026-11-25T12:00")
+        self.check(["--since", "240m"], lambda e: e["time"] >= "2026-11-27T08:00")
+        self.check(["--since", "yesterday", "--until", "yesterday"], lambda e: e["time"].startswith("2026-11-26"))
+
+    def test_text_regex(self):
+        self.check(["--text", "hello world"], lambda e: "hello world" in e.get("text", ""))
+        self.check(["--text", r"^say line 1\d$"], lambda e: re.match(r"say line 1\d$", e.get("text", "")))
+        self.check(["--text", "SAY LINE", "-i"], lambda e: "say line" in e.get("text", "").lower())
+        self.check(["--text", r"\d+"], lambda e: re.search(r"\d", e.get("text", "")))
+        self.check(["--text", r"ALERT\|n \|123"], lambda e: "ALERT|n |123" in e.get("text", ""))
+        self.check(["--text", "café"], lambda e: "café" in e.get("text", ""))
+        self.check(["--text", '"hello'], lambda e: '"hello' in e.get("text", ""))
+
+    def test_combined(self):
+        self.check(["--account", "bob", "--direction", "RCV", "--since", "2026-11-26", "--text", "line"],
+                   lambda e: e.get("account") == "bob#1" and e.get("direction") == "RCV"
+                   and e["time"] >= "2026-11-26" and "line" in e.get("text", ""))
+
+    def test_prefilter_literal_extraction(self):
+        self.assertEqual(trail.required_literal("hello (a|b) world+"), ("hello ", False))
+        self.assertEqual(trail.required_literal("(?i)look"), ("loo", True))  # k also matches KELVIN SIGN
+        self.assertIsNone(trail.required_literal("a|b"))
+        self.assertIsNone(trail.required_literal(r"\d+"))
+
+    def test_casefolding_letters_are_the_known_ones(self):
+        # Letters whose IGNORECASE match includes non-ASCII characters must not be byte-prefiltered.
+        universe = "".join(chr(c) for c in range(0x80, 0x3000))
+        folding = {c for c in map(chr, range(0x41, 0x7B)) if c.isalpha()
+                   and re.search(re.escape(c), universe, re.I)}
+        self.assertTrue(folding <= trail._UNICODE_FOLDING, folding)
+
+
+class SearchOutputTests(TrailFixture):
+    def test_json_lines_parse_and_equal_what_was_written(self):
+        out, err = self.search("--json")
+        lines = out.splitlines()
+        self.assertEqual(len(lines), len(self.events))
+        self.assertEqual([orjson.loads(line) for line in lines], self.events)
+
+    def test_count_and_limit(self):
+        self.assertEqual(self.count(), len(self.events))
+        self.assertEqual(self.count("--limit", "5"), 5)
+        self.assertEqual(len(self.json_records("--limit", "3")), 3)
+        self.assertEqual(self.count("--account", "nobody"), 0)
+
+    def test_table(self):
+        out, _err = self.search("--conn", f"{PREFIX}-1")
+        lines = out.splitlines()
+        self.assertTrue(lines[0].startswith("TIME"))
+        self.assertEqual(len(lines) - 1, len(self.expect(lambda e: e.get("conn") == f"{PREFIX}-1")))
+        self.assertTrue(all(len(line) <= 140 for line in lines), max(map(len, lines)))
+        look = [line for line in lines if line.rstrip().endswith(" look")]
+        self.assertEqual(len(look), 1)
+        self.assertIn("2026-11-25 10:00:06", look[0])
+        self.assertIn("RCV", look[0])
+        self.assertIn("bob#1", look[0])
+        self.assertIn("Limbo#2", look[0])
+        self.assertFalse(any("\x1b" in line for line in lines))  # markup stripped, ESC escaped
+        self.assertTrue(any("say café ☕ ^[[2J" in line for line in lines))
+        self.assertTrue(any("disconnect" in line and "reason=quit" in line for line in lines))
+        desc = [line for line in lines if "Limbo" in line and "Welcome" in line]
+        self.assertIn("Limbo \u23ce Welcome to your new Evennia-based game", desc[0])
+        self.assertTrue(desc[0].endswith("~"))  # truncated to the terminal width
+
+    def test_progress_only_on_a_terminal_for_big_scans(self):
+        _status, _out, err = run("search", "--dir", self.dir, "--count")
+        self.assertNotIn("\r[", err)  # stderr is not a terminal
+        with mock.patch.object(cli, "_isatty", return_value=True), mock.patch.object(cli, "PROGRESS_MIN_BYTES", 1):
+            _status, out, err = run("search", "--dir", self.dir, "--count")
+        self.assertEqual(int(out), len(self.events))
+        self.assertIn("\r[", err)
+        self.assertIn("100%", err)
+        self.assertIn("\r\x1b[K", err)  # the bar is cleared at the end
+        with mock.patch.object(cli, "_isatty", return_value=True):  # terminal, but a small trail
+            _status, out, err = run("search", "--dir", self.dir, "--count")
+        self.assertNotIn("\r[", err)
+
+    def test_no_match_message(self):
+        out, err = self.search("--account", "nobody")
+        self.assertIn("no records matched", err)
+
+
+class MalformedTests(TrailFixture):
+    def test_reported_with_file_and_line_and_counted(self):
+        out, err = self.search("--count")
+        self.assertEqual(int(out), len(self.events))
+        day2 = os.path.join(self.dir, "audit_2026-11-26.log")
+        n = self.day2_lines
+        self.assertIn(f"{day2}:{n + 1}: not JSON", err)
+        self.assertIn(f"{day2}:{n + 2}: not a JSON object (list)", err)
+        self.assertIn(f"{day2}:{n + 3}: not JSON", err)
+        self.assertIn(f"{day2}:{n + 4}: truncated last line", err)
+        self.assertIn("skipped 4 malformed line(s)", err)
+
+    def test_prefiltered_search_reports_only_candidate_lines(self):
+        day2 = os.path.join(self.dir, "audit_2026-11-26.log")
+        n = self.day2_lines
+        for chunk in (trail.CHUNK, 97):  # also with blocks smaller than a line
+            with mock.patch.object(trail, "CHUNK", chunk):
+                out, err = self.search("--count", "--account", "bob")
+            self.assertIn(f"{day2}:{n + 3}: not JSON", err)
+            self.assertNotIn(f"{day2}:{n + 1}:", err)
+            self.assertIn("skipped 1 malformed line(s)", err)
+
+    def test_small_blocks_give_the_same_results(self):
+        with mock.patch.object(trail, "CHUNK", 97):
+            self.assertEqual(self.json_records(), self.events)
+            self.assertEqual(self.json_records("--account", "bob", "--text", "line"),
+                             self.expect(lambda e: e.get("account") == "bob#1" and "line" in e.get("text", "")))
+            self.assertEqual(self.json_records("--kind", "login_fail"),
+                             self.expect(lambda e: e["kind"] == "login_fail"))
+
+    def test_stats_counts_them(self):
+        status, out, err = run("stats", "--dir", self.dir, "--json")
+        self.assertEqual(orjson.loads(out)["malformed_lines"], 4)
+
+    def test_corrupt_gzip_is_reported_not_fatal(self):
+        tmp = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, tmp)
+        with open(os.path.join(self.dir, "audit_2026-11-25.log.gz"), "rb") as handle:
+            data = handle.read()
+        with open(os.path.join(tmp, "audit_2026-11-25.log.gz"), "wb") as handle:
+            handle.write(data[: len(data) // 2])
+        shutil.copy(os.path.join(self.dir, "audit_2026-11-27.log"), tmp)
+        status, out, err = run("search", "--dir", tmp, "--count")
+        self.assertEqual(status, 0)
+        self.assertIn("cannot decompress", err)
+        self.assertGreater(int(out), 0)
+
+    def test_empty_and_missing_directory(self):
+        tmp = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, tmp)
+        with open(os.path.join(tmp, "server.log"), "w") as handle:
+            handle.write("not an audit file\n")
+        status, out, err = run("search", "--dir", tmp, "--count")
+        self.assertEqual((status, out), (0, "0\n"))
+        self.assertIn("no audit files", err)
+        status, out, err = run("stats", "--dir", tmp, "--json")
+        self.assertEqual(status, 0)
+        self.assertEqual(orjson.loads(out)["records"], 0)
+        status, out, err = run("replay", "--dir", tmp, "--conn", "x")
+        self.assertEqual(status, 1)
+        status, out, err = run("search", "--dir", os.path.join(tmp, "missing"), "--count")
+        self.assertEqual(status, 2)
+        self.assertIn("no such directory", err)
+
+    def test_default_directory(self):
+        tmp = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, tmp)
+        os.makedirs(os.path.join(tmp, "server"))
+        shutil.copytree(self.dir, os.path.join(tmp, "server", "logs"))
+        cwd = os.getcwd()
+        os.chdir(tmp)
+        try:
+            status, out, err = run("search", "--count", "--kind", "loss")
+            self.assertEqual((status, out), (0, "1\n"))
+            os.chdir(os.path.join(tmp, "server", "logs"))
+            status, out, err = run("search", "--count", "--kind", "loss")
+            self.assertEqual((status, out), (0, "1\n"))
+        finally:
+            os.chdir(cwd)
+
+    def test_usage_errors(self):
+        for argv in (
+            ["replay", "--dir", self.dir],  # neither --conn nor --account
+            ["replay", "--dir", self.dir, "--conn", "x", "--account", "y"],
+            ["search", "--dir", self.dir, "--since", "last tuesday"],
+            ["search", "--dir", self.dir, "--text", "("],
+            ["search", "--dir", self.dir, "--ip", "10.0.0.0/99"],
+            ["search", "--dir", self.dir, "--json", "--count"],
+            ["search", "--dir", self.dir, "--limit", "0"],
+            ["export", "--dir", self.dir, "--conn", "x"],  # no -o
+            ["nonsense"],
+            [],
+        ):
+            status, _out, err = run(*argv)
+            self.assertEqual(status, 2, (argv, err))
+        status, out, _err = run("--help")
+        self.assertEqual(status, 0)
+        self.assertIn("replay", out)
+
+
+class ReplayTests(TrailFixture):
+    def replay(self, *args, env=None):
+        status, out, err = run("replay", "--dir", self.dir, *args, env=env)
+        self.assertEqual(status, 0, err)
+        return out
+
+    def test_order_by_time_then_seq_across_files(self):
+        out = self.replay("--conn", f"{PREFIX}-4", "--no-color")
+        lines = out.splitlines()[1:]
+        said = [int(m.group(1)) for line in lines for m in [re.search(r'> say line (\d+)$', line)] if m]
+        self.assertEqual(said, list(range(30)))  # across rotated files
+        first = [line for line in lines if "late night" in line]
+        self.assertTrue(first[0].startswith("2026-11-26 23:59:59.500 > say late night"), first)
+        self.assertTrue(first[1].startswith('2026-11-27 00:00:00.500   You say, "late night"'), first)
+        stamps = [line[:23] for line in lines]
+        self.assertEqual(stamps, sorted(stamps))
+
+    def test_same_time_sorted_by_seq(self):
+        out = self.replay("--conn", f"{PREFIX}-1", "--no-color")
+        lines = out.splitlines()
+        look = next(i for i, line in enumerate(lines) if line.endswith("> look"))
+        self.assertIn("Limbo", lines[look + 1])  # the description written first, seq after
+
+    def test_no_color_transcript(self):
+        out = self.replay("--conn", f"{PREFIX}-1", "--no-color")
+        self.assertNotIn("\x1b", out)
+        lines = out.splitlines()
+        self.assertTrue(lines[0].startswith("# "))
+        self.assertIn("2026-11-25 10:00:00.100   Welcome to TestGame!", lines)
+        self.assertIn("2026-11-25 10:00:00.100   Type connect <name> <password>", lines)
+        self.assertIn("2026-11-25 10:00:05.000 > connect bob ********", lines)
+        self.assertIn("2026-11-25 10:00:06.000   Welcome to your new Evennia-based game! ALERT xterm grey 100| sure",
+                      lines)
+        self.assertIn("2026-11-25 10:00:12.000 > say café ☕ ^[[2J", lines)
+        self.assertIn("2026-11-25 10:00:20.100 *** disconnect protocol=telnet ip=10.0.0.5 reason=quit", lines)
+        with_env = self.replay("--conn", f"{PREFIX}-1", env={"NO_COLOR": "1"})
+        self.assertEqual(with_env, out)
+
+    def test_color_transcript(self):
+        out = self.replay("--conn", f"{PREFIX}-1")
+        self.assertIn("\x1b[1m\x1b[32mWelcome\x1b[0m to \x1b[1m\x1b[36mTestGame\x1b[0m!", out)
+        self.assertIn("\x1b[48;5;196mALERT", out)  # |[r: bright red background via xterm256
+        self.assertIn("\x1b[38;5;67mxterm", out)  # |123
+        self.assertIn("\x1b[38;5;243mgrey", out)  # |=m
+        self.assertIn("100| sure", out)
+        self.assertIn("^[[2J", out)  # the player's raw escape is shown, not sent to the terminal
+        self.assertNotIn("\x1b[2J", out)
+        # a colour still active at a line break carries over to the next line
+        out = self.replay("--conn", f"{PREFIX}-3")
+        self.assertIn("   \x1b[22m\x1b[33mMarket Square\x1b[0m\n", out)
+        self.assertIn("   \x1b[22m\x1b[33mStalls everywhere.\x1b[0m\x1b[0m\n", out)
+
+    def test_account_replay_interleaves_connections_and_shows_losses(self):
+        out = self.replay("--account", "alice", "--no-color")
+        self.assertIn("!!! 42 record(s) lost between 2026-11-26T09:10:00.000000Z and "
+                      "2026-11-26T09:20:00.000000Z (disk full)", out)
+        self.assertIn("> [oob] {\"logged_in\":[[],{}]}", out)
+        out = self.replay("--account", "bob", "--no-color")
+        self.assertIn(f"[{PREFIX}-1]", out)
+        self.assertIn(f"[{PREFIX}-4]", out)
+        self.assertIn("42 record(s) lost", out)  # a gap inside bob's span: his records may be missing too
+        out = self.replay("--account", "bob", "--since", "2026-11-26", "--no-color")
+        self.assertNotIn(f"[{PREFIX}-1]", out)
+
+    def test_ambiguous_conn_prefix(self):
+        status, out, err = run("replay", "--dir", self.dir, "--conn", f"{PREFIX}-*")
+        self.assertEqual(status, 2)
+        self.assertIn("matches several connections", err)
+        out = self.replay("--conn", "*-12", "--no-color")  # a glob matching one connection
+        self.assertIn("> pose dances", out)
+        out = self.replay("--conn", f"{PREFIX}-1", "--no-color")  # exact: not -12
+        self.assertNotIn("pose dances", out)
+
+    def test_speed_sleeps_scaled_and_capped_gaps(self):
+        sleeps = []
+        with mock.patch.object(cli.time, "sleep", sleeps.append):
+            self.replay("--conn", f"{PREFIX}-2", "--speed", "2", "--max-wait", "0.7", "--no-color")
+        times = [_epoch(e["time"]) for e in self.expect(lambda e: e.get("conn") == f"{PREFIX}-2")]
+        gaps = [min((b - a) / 2, 0.7) for a, b in zip(times, times[1:]) if b > a]
+        self.assertEqual(len(sleeps), len(gaps))
+        for got, want in zip(sleeps, gaps):
+            self.assertAlmostEqual(got, want, places=5)
+
+    def test_speed_really_sleeps(self):
+        import time
+        started = time.monotonic()
+        out = self.replay("--conn", f"{PREFIX}-2", "--speed", "50", "--no-color")
+        self.assertLess(time.monotonic() - started, 3)
+        self.assertIn("login_fail", out)
+
+    def test_render_matches_evennia(self):
+        try:
+            from evennia.utils.ansi import parse_ansi
+        except Exception as error:  # outside a game: Django settings not configured
+            self.skipTest(f"evennia.utils.ansi not importable: {error}")
+        samples = [
+            "|rred|n |Rdark|n |gg|Gg |yy|Yy |bb|Bb |mm|Mm |cc|Cc |ww|Ww |xx|Xx",
+            "|[rbg|[R|[gbg|[Gbg|n|[x|[X |!Rplain|!G|n |hhi|Hlo",
+            "|123a|[050b|=ac|=zd|=me|[=bf|n",
+            "|/line|-tab|_space|>indent",
+            "|uunder|Uline |iit|I |sst|S |*inv|n |^blink|n",
+            "pipe || brace {{ |lclook|ltLook around|le url |luhttps://x.org|ltsite|le",
+            "|#ff0000red|[#00f blue|n unknown |z |",
+            "||r not red ||[r not bg |||r red",
+            "plain text, no markup",
+        ]
+        for sample in samples:
+            want = parse_ansi(sample, xterm256=True, truecolor=True).replace("\r\n", "\n")
+            self.assertEqual(cli.render(sample, color=True), want, sample)
+            want = parse_ansi(sample, strip_ansi=True).replace("\r\n", "\n")
+            self.assertEqual(cli.render(sample, color=False), want, sample)
+
+
+class ExportTests(TrailFixture):
+    def export(self, *args):
+        path = os.path.join(self.tmp, "out.cast")
+        status, out, err = run("export", "--dir", self.dir, "--format", "asciicast", "-o", path, *args)
+        self.assertEqual(status, 0, err)
+        with open(path, "rb") as handle:
+            lines = handle.read().splitlines()
+        return orjson.loads(lines[0]), [orjson.loads(line) for line in lines[1:]]
+
+    def validate(self, header, events):
+        self.assertEqual(header["version"], 2)
+        for key in ("width", "height", "timestamp"):
+            self.assertIs(type(header[key]), int, key)
+        self.assertIsInstance(header["title"], str)
+        previous = 0.0
+        for event in events:
+            self.assertEqual(len(event), 3, event)
+            when, code, text = event
+            self.assertIn(type(when), (float, int))
+            self.assertGreaterEqual(when, previous)
+            previous = when
+            self.assertEqual(code, "o")
+            self.assertIsInstance(text, str)
+            self.assertTrue(text.endswith("\r\n"))
+            self.assertNotRegex(text, r"(?<!\r)\n")
+
+    def test_conn(self):
+        header, events = self.export("--conn", f"{PREFIX}-1", "--no-color")
+        self.validate(header, events)
+        conn = self.expect(lambda e: e.get("conn") == f"{PREFIX}-1")
+        self.assertEqual(header["timestamp"], int(_epoch(conn[0]["time"])))
+        self.assertEqual(events[0][0], 0)
+        self.assertAlmostEqual(events[-1][0], _epoch(conn[-1]["time"]) - _epoch(conn[0]["time"]), places=3)
+        texts = [text for _, _, text in events]
+        self.assertIn("> look\r\n", texts)
+        self.assertIn("  Welcome to TestGame!\r\n  Type connect <name> <password>\r\n", texts)
+        self.assertGreaterEqual(header["width"], 80)
+
+    def test_account_with_color(self):
+        header, events = self.export("--account", "bob", "--width", "100", "--height", "40", "--idle-limit", "2")
+        self.validate(header, events)
+        self.assertEqual((header["width"], header["height"], header["idle_time_limit"]), (100, 40, 2.0))
+        self.assertTrue(any("\x1b[1m\x1b[32mWelcome" in text for _, _, text in events))
+
+    def test_nothing_to_export(self):
+        path = os.path.join(self.tmp, "none.cast")
+        status, out, err = run("export", "--dir", self.dir, "--conn", "nope", "-o", path)
+        self.assertEqual(status, 1)
+        self.assertFalse(os.path.exists(path))
+
+
+class StatsTests(TrailFixture):
+    def test_figures(self):
+        status, out, err = run("stats", "--dir", self.dir, "--json")
+        self.assertEqual(status, 0, err)
+        stats = orjson.loads(out)
+        self.assertEqual(stats["records"], len(self.events))
+        self.assertEqual(stats["malformed_lines"], 4)
+        per_day = {(row["day"], row["account"]): row["records"] for row in stats["per_account_day"]}
+        bob_day3 = len(self.expect(lambda e: e.get("account") == "bob#1" and e["time"].startswith("2026-11-27")))
+        self.assertEqual(per_day[("2026-11-27", "bob#1")], bob_day3)
+        self.assertEqual(per_day[("2026-11-26", "alice#2")],
+                         len(self.expect(lambda e: e.get("account") == "alice#2")))
+        no_account_day1 = len(self.expect(lambda e: "account" not in e and e["time"].startswith("2026-11-25")))
+        self.assertEqual(per_day[("2026-11-25", "(none)")], no_account_day1)
+        ips = stats["top_ips"]
+        self.assertEqual(ips[0]["ip"], "10.0.0.5")
+        self.assertEqual(ips[0]["records"], len(self.expect(lambda e: e.get("ip") == "10.0.0.5")))
+        self.assertEqual(ips[0]["connections"], 2)
+        fails = stats["login_failures"]
+        self.assertEqual(fails["total"], 3)
+        self.assertEqual({r["account"]: r["count"] for r in fails["by_account"]}, {"admin": 2, "bob": 1})
+        self.assertEqual(fails["by_ip"], [{"ip": "203.0.113.9", "count": 3}])
+        self.assertEqual(stats["loss"]["lost"], 42)
+        self.assertEqual(stats["loss"]["spans"], [{"first_time": "2026-11-26T09:10:00.000000Z",
+                                                   "last_time": "2026-11-26T09:20:00.000000Z",
+                                                   "lost": 42, "cause": "disk full"}])
+
+    def test_text_report(self):
+        status, out, err = run("stats", "--dir", self.dir)
+        self.assertEqual(status, 0, err)
+        self.assertIn("malformed lines: 4", out)
+        self.assertIn("login failures: 3", out)
+        self.assertIn("records lost: 42", out)
+        self.assertRegex(out, r"2026-11-26T09:10:00.000000Z \.\. 2026-11-26T09:20:00.000000Z\s+lost 42\s+\(disk full\)")
+        self.assertRegex(out, r"2026-11-25\s+bob#1\s+\d+")
+        self.assertRegex(out, r"203\.0\.113\.9\s+\d+\s+1\n")
+
+    def test_filtered(self):
+        status, out, err = run("stats", "--dir", self.dir, "--json", "--since", "2026-11-27")
+        stats = orjson.loads(out)
+        self.assertEqual(stats["files"], sum(1 for n in os.listdir(self.dir) if n.startswith("audit_2026-11-27")))
+        self.assertEqual(stats["records"], len(self.expect(lambda e: e["time"] >= "2026-11-27")))
+
+
+class ModuleEntryPointTests(unittest.TestCase):
+    def test_python_dash_m(self):
+        import subprocess
+        import sys
+        result = subprocess.run([sys.executable, "-m", "auditing", "--help"], capture_output=True, text=True,
+                                timeout=60)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("evennia-audit", result.stdout)
+
+
+if __name__ == "__main__":
+    unittest.main()

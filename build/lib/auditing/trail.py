@@ -1,0 +1,706 @@
+"""
+Reading audit trails back: the files `auditing.filesink.FileSink` writes, in the order it wrote them.
+
+Files (anything else in the directory is ignored):
+
+    audit_YYYY-MM-DD.log        the current file of a UTC day
+    audit_YYYY-MM-DD.N.log      size rotation: when the day's file is full the sink renames it to the
+                                next free N (1, 2, ...) and starts a new unnumbered file
+    ... .log.gz                 the same, compressed by an admin (read transparently)
+
+Order: by day, then within a day `.1`, `.2`, ..., and the unnumbered file last (it is the newest).
+If one file is there both plain and compressed (gzip still running), the plain one is read and the
+other reported as a duplicate.
+
+Records are filed under the UTC day of their own `time` (FileSink buckets a batch by event time), so
+with `since`/`until` the files of days entirely outside the range are skipped without being opened.
+
+Reading is streaming and bounded in memory: files are read in binary blocks of about a megabyte and only
+the lines that can match are parsed (orjson). A cheap byte-level prefilter proves most lines cannot
+match without parsing them: the JSON text of a record contains each string value verbatim (printable
+ASCII other than `"`, `\\` and `/` is never escaped), so a line that lacks `"bob` cannot be a record of
+the account bob. The filter asks for such needles (`Filter.needles()`); when all of them are selective
+the reader jumps from hit to hit in each block (`bytes.find`) instead of looking at every line.
+
+Malformed lines (not JSON, not an object, a last line cut off by a crash) are reported with file and line
+number, skipped and counted; they never stop the scan. Lines that the prefilter rules out are not parsed,
+so they are not checked either: the count is complete when nothing is filtered (`stats`, plain `search`).
+"""
+
+import datetime
+import fnmatch
+import gzip
+import ipaddress
+import os
+import re
+import zlib
+from dataclasses import dataclass
+
+import orjson
+
+try:  # Python 3.11+
+    import re._parser as _sre_parse
+    from re._constants import LITERAL as _LITERAL
+except ImportError:  # pragma: no cover - older layouts
+    import sre_parse as _sre_parse  # noqa
+    from sre_constants import LITERAL as _LITERAL  # noqa
+
+UTC = datetime.timezone.utc
+CHUNK = 1 << 20  # bytes read per block
+MAX_NEEDLE_ALTERNATIVES = 16  # beyond this many alternatives, one pass per needle costs more than parsing
+FILE_RE = re.compile(r"audit_(\d{4}-\d{2}-\d{2})(?:\.(\d+))?\.log(\.gz)?\Z")
+LIFECYCLE_KINDS = (
+    "connect", "login", "login_fail", "logout", "disconnect", "puppet", "unpuppet", "account_created",
+    "audit_view",
+)
+KINDS = ("io",) + LIFECYCLE_KINDS + ("loss", "error")
+_loads = orjson.loads
+_JSONDecodeError = orjson.JSONDecodeError
+
+
+class TrailError(Exception):
+    """The trail cannot be read at all (missing directory, bad time expression...)."""
+
+
+def utcnow():
+    """Now, timezone-aware UTC (a function so tests can move the clock)."""
+    return datetime.datetime.now(UTC)
+
+
+# ---------------------------------------------------------------- time expressions
+
+_RELATIVE = re.compile(r"(\d+(?:\.\d+)?)\s*(s|sec|secs|m|min|mins|h|hr|hrs|d|day|days|w|wk|weeks?)\Z", re.I)
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_time(text, end=False, now=None):
+    """An absolute or relative time expression -> aware UTC datetime.
+
+    Absolute: ISO 8601 (`2026-11-27`, `2026-11-27T07:40`, `2026-11-27 07:40:12Z`, with or without an
+    offset; no offset means UTC). Relative to now: `90s`, `30m`, `2h`, `7d`, `1w`; also `now`,
+    `today`, `yesterday`. With `end=True` (for `until`) a bare date means the end of that day.
+    """
+    text = str(text).strip()
+    now = now or utcnow()
+    lowered = text.lower()
+    if lowered == "now":
+        return now
+    if lowered in ("today", "yesterday"):
+        day = now.date() - datetime.timedelta(days=1 if lowered == "yesterday" else 0)
+        return _day_bound(day, end)
+    match = _RELATIVE.match(text)
+    if match:
+        amount = float(match.group(1))
+        unit = match.group(2)[0].lower()
+        return now - datetime.timedelta(seconds=amount * _UNIT_SECONDS[unit])
+    try:
+        if len(text) == 10:
+            return _day_bound(datetime.date.fromisoformat(text), end)
+        value = datetime.datetime.fromisoformat(text.replace("z", "Z"))
+    except ValueError:
+        raise TrailError(
+            f"bad time {text!r}: use ISO 8601 (2026-11-27, 2026-11-27T07:40:12Z) or a relative time "
+            "(30m, 2h, 7d)"
+        ) from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def _day_bound(day, end):
+    bound = datetime.datetime.combine(day, datetime.time(0), UTC)
+    if end:
+        bound += datetime.timedelta(days=1, microseconds=-1)
+    return bound
+
+
+def iso(value):
+    """A datetime as the trail writes times: 2026-11-27T07:40:12.123456Z."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def canonical_time(text):
+    """A record's time string in the canonical 27-character form (so strings compare as times)."""
+    if type(text) is str and len(text) == 27 and text[19] == "." and text[26] == "Z":
+        return text
+    try:
+        value = datetime.datetime.fromisoformat(str(text).replace("z", "Z"))
+    except ValueError:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return iso(value)
+
+
+def record_time(record):
+    """The time of a record (`time`, or the end of the span of a loss record), canonical, or None."""
+    value = record.get("time") or record.get("last_time") or record.get("first_time")
+    return canonical_time(value) if value else None
+
+
+def field(record, key):
+    """`record[key]`, or `record["data"][key]` for lifecycle details kept in the data dict."""
+    value = record.get(key)
+    if value is None:
+        data = record.get("data")
+        if type(data) is dict:
+            value = data.get(key)
+    return value
+
+
+def epoch(time_string):
+    """Canonical time string -> epoch seconds (float)."""
+    return datetime.datetime.fromisoformat(time_string.replace("Z", "+00:00")).timestamp()
+
+
+# ---------------------------------------------------------------- the filter
+
+
+def _fold(text):
+    """ASCII-only lower case: the same folding `bytes.lower()` does, so the prefilter agrees."""
+    return text.lower() if text.isascii() else text.encode("utf-8", "surrogatepass").lower().decode(
+        "utf-8", "surrogatepass"
+    )
+
+
+_SAFE = frozenset(chr(c) for c in range(0x20, 0x7F)) - {'"', "\\", "/"}
+# ASCII letters that Python's re.IGNORECASE also matches to non-ASCII characters (K and KELVIN SIGN...).
+_UNICODE_FOLDING = frozenset("iIkKsS")
+
+
+def _is_glob(text):
+    return any(char in text for char in "*?[")
+
+
+def _needle_ok(text):
+    return bool(text) and all(char in _SAFE for char in text)
+
+
+@dataclass(frozen=True)
+class Needle:
+    """A byte string every matching line contains (`fold`: compare after `bytes.lower()`)."""
+
+    data: bytes
+    fold: bool = False
+    selective: bool = True  # rare enough to jump from hit to hit
+
+    def __post_init__(self):
+        if self.fold and self.data.lower() == self.data.upper():
+            object.__setattr__(self, "fold", False)  # no letters: no need to lower-case the haystack
+
+
+def name_matcher(query):
+    """Matcher for account/character/room values like `bob#1`: `bob`, `bob#1`, `#1` or a glob."""
+    folded = _fold(query)
+    if _is_glob(folded):
+        regex = re.compile(fnmatch.translate(folded), re.S)
+        return lambda value: type(value) is str and (
+            regex.match(_fold(value)) is not None or regex.match(_fold(value).split("#", 1)[0]) is not None
+        )
+    if folded.startswith("#"):
+        return lambda value: type(value) is str and _fold(value).endswith(folded)
+    with_ref = folded + "#"
+
+    def match(value):
+        if type(value) is not str:
+            return False
+        value = _fold(value)
+        return value == folded or value.startswith(with_ref)
+
+    return match
+
+
+def _name_needle(query):
+    folded = _fold(query)
+    if _is_glob(folded):
+        literal = re.split(r"[*?\[]", folded, 1)[0]
+        return Needle(b'"' + literal.encode(), True) if _needle_ok(literal) else None
+    if folded.startswith("#"):
+        return Needle(folded.encode() + b'"', True) if _needle_ok(folded) else None
+    return Needle(b'"' + folded.encode(), True) if _needle_ok(folded) else None
+
+
+def required_literal(pattern, flags=0):
+    """The longest run of literal characters every match of `pattern` contains, or None.
+
+    Returns (literal, ignorecase). Only top-level literals count (not inside groups, repeats or
+    alternatives), and only characters that appear verbatim in JSON text.
+    """
+    try:
+        parsed = _sre_parse.parse(pattern, flags)
+    except Exception:
+        return None
+    ignorecase = bool(parsed.state.flags & re.IGNORECASE)
+    best, run = "", []
+    for op, arg in list(parsed) + [(None, None)]:
+        char = chr(arg) if op is _LITERAL else None
+        if char is not None and char in _SAFE and not (ignorecase and char in _UNICODE_FOLDING):
+            run.append(char)
+            continue
+        if len(run) > len(best):
+            best = "".join(run)
+        run = []
+    return (best, ignorecase) if best else None
+
+
+class Filter:
+    """What a record must match; every criterion given must hold.
+
+    Args:
+        account: name (`bob`), `name#dbref`, `#dbref` or a glob (`bo*`), case-insensitive; also
+            matches the account a failed login tried (`tried_account`).
+        character, room: like account.
+        ip: an address, or a network in CIDR form (`10.0.0.0/8`).
+        conn: a connection id, or a glob (`67470c2a1f3b-*`), or a collection of ids.
+        direction: `RCV` (player input) or `SND` (game output).
+        kind: a record kind (`io`, `login`, `login_fail`, `loss`...) or several, comma-separated.
+        since, until: datetimes or time expressions (see `parse_time`); both inclusive.
+        text: a regular expression searched in the record's text (as recorded, with colour markup).
+        ignore_case: the text regex ignores case.
+        now: the reference time for relative `since`/`until` (default: now).
+    """
+
+    def __init__(self, account=None, character=None, ip=None, conn=None, room=None, direction=None,
+                 kind=None, since=None, until=None, text=None, ignore_case=False, now=None):
+        self.account, self.character, self.room = account, character, room
+        self.ip = ip
+        self.conn = conn if conn is None or isinstance(conn, str) else frozenset(conn)
+        self.direction = direction.upper() if direction else None
+        if self.direction not in (None, "RCV", "SND"):
+            raise TrailError(f"bad direction {direction!r}: use RCV (input) or SND (output)")
+        if isinstance(kind, str):
+            kind = [part.strip() for part in kind.split(",") if part.strip()]
+        self.kinds = frozenset(kind) if kind else None
+        now = now or utcnow()
+        self.since = since if isinstance(since, datetime.datetime) or since is None else parse_time(since, now=now)
+        self.until = (until if isinstance(until, datetime.datetime) or until is None
+                      else parse_time(until, end=True, now=now))
+        self.since_s = iso(self.since) if self.since else None
+        self.until_s = iso(self.until) if self.until else None
+        self.text = text
+        try:
+            self.text_re = re.compile(text, re.I if ignore_case else 0) if text is not None else None
+        except re.error as error:
+            raise TrailError(f"bad text regex {text!r}: {error}") from None
+        self.ignore_case = ignore_case
+        self.network = None
+        if ip and "/" in ip:
+            try:
+                self.network = ipaddress.ip_network(ip, strict=False)
+            except ValueError as error:
+                raise TrailError(f"bad network {ip!r}: {error}") from None
+        self._checks = self._build_checks()
+
+    def __bool__(self):
+        return bool(self._checks)
+
+    def _build_checks(self):
+        checks = []
+        if self.kinds is not None:
+            kinds = self.kinds
+            checks.append(lambda r: r.get("kind", "io") in kinds)
+        if self.direction:
+            direction = self.direction
+            checks.append(lambda r: r.get("direction") == direction)
+        if isinstance(self.conn, frozenset):
+            conns = self.conn
+            checks.append(lambda r: r.get("conn") in conns)
+        elif self.conn:
+            conn = self.conn
+            if _is_glob(conn):
+                conn_match = re.compile(fnmatch.translate(conn), re.S).match
+                checks.append(lambda r: type(r.get("conn")) is str and conn_match(r["conn"]) is not None)
+            else:
+                checks.append(lambda r: r.get("conn") == conn)
+        if self.ip:
+            if self.network is not None:
+                network = self.network
+
+                def in_network(r):
+                    try:
+                        return ipaddress.ip_address(r.get("ip", "")) in network
+                    except ValueError:
+                        return False
+
+                checks.append(in_network)
+            else:
+                ip = self.ip
+                checks.append(lambda r: r.get("ip") == ip)
+        if self.account:
+            match = name_matcher(self.account)
+            checks.append(lambda r: match(r.get("account")) or match(field(r, "tried_account")))
+        if self.character:
+            match_character = name_matcher(self.character)
+            checks.append(lambda r: match_character(r.get("character")))
+        if self.room:
+            match_room = name_matcher(self.room)
+            checks.append(lambda r: match_room(r.get("room")))
+        if self.since_s or self.until_s:
+            since, until = self.since_s, self.until_s
+
+            def in_time(r):
+                when = record_time(r)
+                if when is None:
+                    return False
+                return (since is None or when >= since) and (until is None or when <= until)
+
+            checks.append(in_time)
+        if self.text_re is not None:
+            search = self.text_re.search
+
+            def text_matches(r):
+                text = r.get("text")
+                if text is None:
+                    return False
+                return search(text if type(text) is str else str(text)) is not None
+
+            checks.append(text_matches)
+        return checks
+
+    def matches(self, record):
+        """True when `record` (a dict) meets every criterion."""
+        for check in self._checks:
+            if not check(record):
+                return False
+        return True
+
+    def needles(self):
+        """Byte strings every matching line contains (see the module docstring)."""
+        needles = []
+        if isinstance(self.conn, frozenset):
+            pass  # alternatives: see needle_groups()
+        elif self.conn:
+            if _is_glob(self.conn):
+                literal = re.split(r"[*?\[]", self.conn, 1)[0]
+                if _needle_ok(literal):
+                    needles.append(Needle(b'"' + literal.encode()))
+            elif _needle_ok(self.conn):
+                needles.append(Needle(b'"' + self.conn.encode() + b'"'))
+        if self.ip and self.network is None and _needle_ok(self.ip):
+            needles.append(Needle(b'"' + self.ip.encode() + b'"'))
+        for query in (self.account, self.character, self.room):
+            needle = _name_needle(query) if query else None
+            if needle:
+                needles.append(needle)
+        if self.kinds is not None and len(self.kinds) == 1:
+            (kind,) = self.kinds
+            if _needle_ok(kind):
+                needles.append(Needle(b'"' + kind.encode() + b'"', selective=kind != "io"))
+        if self.direction:
+            needles.append(Needle(b'"' + self.direction.encode() + b'"', selective=False))
+        if self.text_re is not None:
+            literal = required_literal(self.text, re.I if self.ignore_case else 0)
+            if literal and len(literal[0]) >= 2:
+                value, fold = literal
+                needles.append(Needle(_fold(value).encode() if fold else value.encode(), fold))
+        return needles
+
+    def needle_groups(self):
+        """Alternatives: a line can match only if it holds every needle of one group."""
+        base = self.needles()
+        conns = self.conn
+        if isinstance(conns, frozenset) and 0 < len(conns) <= MAX_NEEDLE_ALTERNATIVES and all(
+            _needle_ok(conn) for conn in conns
+        ):
+            return [base + [Needle(b'"' + conn.encode() + b'"')] for conn in sorted(conns)]
+        return [base]
+
+    def day_range(self):
+        """(first day, last day) of files that can hold matches; None for an open end."""
+        return (self.since.date() if self.since else None, self.until.date() if self.until else None)
+
+
+# ---------------------------------------------------------------- files
+
+
+@dataclass
+class TrailFile:
+    path: str
+    name: str
+    day: datetime.date
+    index: int  # rotation number; the unnumbered (newest) file of a day sorts last
+    compressed: bool
+    size: int
+
+    @property
+    def key(self):
+        return (self.day, self.index)
+
+
+_NEWEST = 1 << 62
+
+
+def list_files(directory):
+    """Audit files in `directory`, in writing order, and names skipped as duplicates.
+
+    Raises TrailError if `directory` is missing or not a directory.
+    """
+    if not os.path.isdir(directory):
+        raise TrailError(f"{directory}: no such directory" if not os.path.exists(directory)
+                         else f"{directory}: not a directory")
+    found = {}
+    duplicates = []
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError as error:
+        raise TrailError(f"{directory}: cannot list: {error.strerror or error}") from None
+    for name in names:
+        match = FILE_RE.match(name)
+        if not match:
+            continue
+        try:
+            day = datetime.date.fromisoformat(match.group(1))
+        except ValueError:
+            continue
+        path = os.path.join(directory, name)
+        try:
+            size = os.stat(path).st_size
+        except OSError:
+            size = 0
+        index = int(match.group(2)) if match.group(2) else _NEWEST
+        entry = TrailFile(path, name, day, index, bool(match.group(3)), size)
+        other = found.get(entry.key)
+        if other is not None:
+            keep, drop = (other, entry) if not other.compressed else (entry, other)
+            found[entry.key] = keep
+            duplicates.append(drop.name)
+        else:
+            found[entry.key] = entry
+    return [found[key] for key in sorted(found)], duplicates
+
+
+# ---------------------------------------------------------------- the reader
+
+
+class Reader:
+    """Iterate the records of a trail directory that match a filter, in file order.
+
+    Iterating yields `(record, line)`: the parsed dict and its raw JSON bytes.
+
+    Args:
+        directory (str): The trail directory.
+        filter (Filter): What to keep (default: everything).
+        also_kinds (iterable): Record kinds kept whatever the filter says (but still within
+            since/until), e.g. `("loss",)` for a replay that shows gaps.
+        prefilter (bool): Use the byte-level prefilter (turn off to check every line).
+        on_problem (callable): `on_problem(path, line_number, reason)` for each malformed line or
+            unreadable file (line_number None for a whole file).
+        on_progress (callable): `on_progress(bytes_done, bytes_total)` after each block.
+
+    After iterating, `files` (read), `skipped` (outside the time range), `duplicates`, `lines`
+    (lines parsed), `malformed`, `unreadable` and `bytes_total` describe the scan.
+    """
+
+    def __init__(self, directory, filter=None, also_kinds=(), prefilter=True, on_problem=None,
+                 on_progress=None):
+        self.directory = directory
+        self.filter = filter if filter is not None else Filter()
+        self.also_kinds = frozenset(also_kinds)
+        self.on_problem = on_problem
+        self.on_progress = on_progress
+        all_files, self.duplicates = list_files(directory)
+        first, last = self.filter.day_range()
+        self.files = [f for f in all_files if (first is None or f.day >= first) and (last is None or f.day <= last)]
+        self.skipped = [f for f in all_files if f not in self.files]
+        self.all_files = all_files
+        self.bytes_total = sum(f.size for f in self.files)
+        self.lines = 0
+        self.malformed = 0
+        self.unreadable = 0
+        self._groups = self._needle_groups() if prefilter else None
+
+    def _needle_groups(self):
+        """Alternatives of needle lists: a line may match if it holds every needle of one group."""
+        groups = self.filter.needle_groups()
+        for kind in sorted(self.also_kinds):
+            if not _needle_ok(kind):
+                return None
+            groups.append([Needle(b'"' + kind.encode() + b'"')])
+        if any(not group for group in groups):
+            return None  # some alternative accepts any line
+        return groups
+
+    # The matching predicate (filter plus the `also_kinds` alternative).
+    def _predicate(self):
+        flt = self.filter
+        if not flt and not self.also_kinds:
+            return None
+        if not self.also_kinds:
+            return flt.matches
+        also = self.also_kinds
+        since, until = flt.since_s, flt.until_s
+
+        def predicate(record):
+            if flt.matches(record):
+                return True
+            if record.get("kind") in also:
+                when = record_time(record)
+                return when is not None and (since is None or when >= since) and (until is None or when <= until)
+            return False
+
+        return predicate
+
+    def __iter__(self):
+        predicate = self._predicate()
+        done = 0
+        for trail_file in self.files:
+            yield from self._read_file(trail_file, predicate, done)
+            done += trail_file.size
+            if self.on_progress:
+                self.on_progress(done, self.bytes_total)
+
+    def _problem(self, trail_file, line_number, reason, count_line=True):
+        if count_line:
+            self.malformed += 1
+        if self.on_problem:
+            self.on_problem(trail_file.path, line_number, reason)
+
+    def _read_file(self, trail_file, predicate, done_before):
+        try:
+            raw = open(trail_file.path, "rb")
+        except OSError as error:
+            self.unreadable += 1
+            self._problem(trail_file, None, f"cannot read: {error.strerror or error}", count_line=False)
+            return
+        with raw:
+            stream = gzip.GzipFile(fileobj=raw, mode="rb") if trail_file.compressed else raw
+            base = 0  # lines before the current block
+            tail = b""
+            groups = self._groups
+            jump = groups is not None and all(any(n.selective for n in g) for g in groups)
+            while True:
+                try:
+                    block = stream.read(CHUNK)
+                except (OSError, EOFError, zlib.error) as error:
+                    self._problem(trail_file, base + 1, f"cannot decompress the rest of the file: {error}")
+                    tail = b""
+                    break
+                if not block:
+                    break
+                buf = tail + block if tail else block
+                cut = buf.rfind(b"\n") + 1
+                if cut == 0:
+                    tail = buf
+                    continue
+                tail = buf[cut:]
+                if jump:
+                    base += yield from self._scan_hits(buf, cut, base, groups, predicate, trail_file)
+                else:
+                    base += yield from self._scan_lines(buf[:cut], base, groups, predicate, trail_file)
+                if self.on_progress:
+                    self.on_progress(done_before + raw.tell(), self.bytes_total)
+            if tail:
+                # A last line without its newline: a crash or a write in progress cut it short.
+                if groups is None or _line_may_match(tail, groups):
+                    self.lines += 1
+                    record = self._parse(tail, trail_file, base + 1, truncated=True)
+                    if record is not None and (predicate is None or predicate(record)):
+                        yield record, tail
+
+    def _parse(self, line, trail_file, line_number, truncated=False):
+        try:
+            record = _loads(line)
+        except _JSONDecodeError as error:
+            if not line.strip():
+                return None  # a blank line carries nothing
+            reason = "truncated last line" if truncated else f"not JSON ({error})"
+            self._problem(trail_file, line_number, reason)
+            return None
+        if type(record) is not dict:
+            self._problem(trail_file, line_number, f"not a JSON object ({type(record).__name__})")
+            return None
+        return record
+
+    def _scan_lines(self, block, base, groups, predicate, trail_file):
+        """Every line of `block` (whole lines ending in newline), prefiltered per line if asked.
+
+        Returns the number of lines in the block.
+        """
+        lines = block.split(b"\n")
+        lines.pop()  # after the final newline
+        loads, decode_error = _loads, _JSONDecodeError
+        parsed = 0
+        for number, line in enumerate(lines, base + 1):
+            if groups is not None and not _line_may_match(line, groups):
+                continue
+            parsed += 1
+            try:
+                record = loads(line)
+            except decode_error:
+                record = self._parse(line, trail_file, number)  # reports it
+                continue
+            if type(record) is not dict:
+                self._parse(line, trail_file, number)
+                continue
+            if predicate is None or predicate(record):
+                yield record, line
+        self.lines += parsed
+        return len(lines)
+
+    def _scan_hits(self, buf, cut, base, groups, predicate, trail_file):
+        """Only the lines of buf[:cut] holding a selective needle of some group.
+
+        Returns the number of lines in buf[:cut] (counted once, between the hits).
+        """
+        lowered = None
+        starts = {}
+        for group in groups:
+            primary = max((n for n in group if n.selective), key=lambda n: len(n.data))
+            if primary.fold:
+                if lowered is None:
+                    lowered = buf.lower()
+                hay = lowered
+            else:
+                hay = buf
+            needle = primary.data
+            find = hay.find
+            pos = find(needle, 0, cut)
+            while pos != -1:
+                start = buf.rfind(b"\n", 0, pos) + 1
+                end = buf.find(b"\n", pos)
+                starts[start] = end
+                pos = find(needle, end + 1, cut)
+        if not starts:
+            return buf.count(b"\n", 0, cut)
+        order = sorted(starts) if len(groups) > 1 else list(starts)
+        number = base + 1
+        previous = 0
+        for start in order:
+            number += buf.count(b"\n", previous, start)
+            previous = start
+            line = buf[start:starts[start]]
+            if not _line_may_match(line, groups):
+                continue
+            self.lines += 1
+            record = self._parse(line, trail_file, number)
+            if record is not None and (predicate is None or predicate(record)):
+                yield record, line
+        return number - base - 1 + buf.count(b"\n", previous, cut)
+
+
+def _line_may_match(line, groups):
+    lowered = None
+    for group in groups:
+        for needle in group:
+            if needle.fold:
+                if lowered is None:
+                    lowered = line.lower()
+                if needle.data not in lowered:
+                    break
+            elif needle.data not in line:
+                break
+        else:
+            return True
+    return False
+
+
+def read(directory, filter=None, **options):
+    """Shortcut: the matching records (dicts) of a trail directory."""
+    for record, _line in Reader(directory, filter, **options):
+        yield record
+
+
+__all__ = [
+    "Filter", "Reader", "TrailError", "TrailFile", "list_files", "parse_time", "read", "record_time",
+    "canonical_time", "epoch", "field", "name_matcher", "iso", "utcnow", "required_literal", "KINDS", "LIFECYCLE_KINDS",
+]
