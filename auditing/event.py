@@ -395,7 +395,7 @@ class Builder:
                 masked.append(state.armed_by)
                 state.armed_by = None
                 for original in strings:  # a game may echo the answer back
-                    state.remember(original, MASK, when, min_length=_ANSWER_MIN_LENGTH)
+                    state.remember(original, MASK, when)
                 return MASK, masked
             cleaned = []
             for original in strings:
@@ -442,10 +442,6 @@ def _unchanged(text):
     """The game's own option values are not scrubbed as text (only secret-named keys are)."""
     return text, None
 
-
-# A typed answer to a password prompt is watched for in later output only from this length: a short
-# answer ("look", a mistyped "y") would mask ordinary words for minutes.
-_ANSWER_MIN_LENGTH = 6
 
 # Output types that carry what a player wrote (Evennia's `at_say` types, `msg_type` of poses and
 # whispers; channel messages carry `from_channel`): never masked, never a prompt.

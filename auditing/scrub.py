@@ -35,6 +35,8 @@ SECRET_PARTS = (
     "password", "passwd", "passphrase", "secret", "token", "credential", "cookie", "authoriz",
     "apikey", "privatekey", "sessionkey", "sessionid", "accesskey", "signingkey",
 )
+# Squashed names: `userpin`, `newotp`, `xpwd`.
+SECRET_ENDINGS = ("pin", "pincode", "otp", "pwd")
 # Top-level OOB commands whose name says they carry credentials: all their arguments are masked.
 SECRET_COMMANDS = frozenset(
     "connect create login logon signin signup register authenticate userpassword".split()
@@ -79,7 +81,7 @@ def prompt_question(text):
     lines = tail.splitlines()
     last = lines[-1].strip()
     if len(last) <= 3 and len(lines) > 1:  # "Enter your password.\\n> ": the marker on its own line
-        last = lines[-2].strip() + " " + last
+        last = lines[-2].strip().rstrip(".!") + " " + last
     ends = [match.end() for match in _SENTENCE_END.finditer(last, 0, max(len(last) - 1, 0))]
     return last[ends[-1]:] if ends else last
 
@@ -380,8 +382,10 @@ def is_secret_key(key):
         if isinstance(key, str) and key != SECRET_OPTION:
             words = _words_of(key)
             joined = "".join(words)
-            known = any(word in SECRET_WORDS for word in words) or any(
-                part in joined for part in SECRET_PARTS
+            known = (
+                any(word in SECRET_WORDS for word in words)
+                or any(part in joined for part in SECRET_PARTS)
+                or joined.endswith(SECRET_ENDINGS)
             )
         if len(_secret_keys) < 10_000:
             _secret_keys[key] = known
@@ -458,7 +462,7 @@ def _not_available(scrubber, text, logged_in):
         if start < 0:
             continue
         inner_start = start + len(head)
-        inner_end = text.find(tail, inner_start)
+        inner_end = text.rfind(tail, inner_start)  # the line itself may contain the tail
         if inner_end < 0:
             continue
         inner = text[inner_start:inner_end]
@@ -487,15 +491,21 @@ class ConnectionScrubState:
         head = masked_text.find(MASK)
         if head < 0:
             return
+        # (The rules may drop spaces before the mask: compare without them.)
+        prefix = masked_text[:head].rstrip()
+        if not original.startswith(prefix) and "|l" in original:
+            original = strip_mxp(original)  # it was masked as Evennia parses it: links removed
         tail_length = len(masked_text) - head - len(MASK)
-        secret = original[head : len(original) - tail_length].strip()
+        secret = original[len(prefix) : len(original) - tail_length].strip()
         if len(secret) < min_length:
             return
         self.memory.remember(secret, now)
         if label == "create":
-            # email_login's `create NAME EMAIL PASSWORD`: each argument may be echoed alone
-            # ("'PASSWORD' is not a valid e-mail address.").
+            # email_login's `create NAME EMAIL PASSWORD`: the password alone, and each argument,
+            # may be echoed ("'PASSWORD' is not a valid e-mail address.").
             words = secret.split()
+            if len(words) > 1:
+                self.memory.remember(secret[len(words[0]):].strip(), now)
             if len(words) <= 3:
                 for word in words:
                     self.memory.remember(word, now)

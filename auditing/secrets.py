@@ -58,11 +58,13 @@ def connection_key(session):
 
 
 def arguments_of(secret):
-    """Every part of a masked span worth remembering on its own: the whole, each side of `=`,
-    each without surrounding quotes."""
+    """Every part of a masked span worth remembering on its own: the whole, each side of its
+    first and last `=` (Evennia splits `password old = new` at the first; a password may contain
+    one), each without surrounding quotes."""
     parts = {secret}
     if "=" in secret:
-        parts.update(secret.split("="))
+        parts.update(secret.split("=", 1))
+        parts.update(secret.rsplit("=", 1))
     cleaned = set()
     for part in parts:
         part = part.strip()
@@ -131,17 +133,30 @@ class SecretMemory:
         self._expire(now)
         found = False
         if self.clear:
-            if self._pattern is None:
-                # Longest first: at one position the longer secret wins (RE2 is leftmost-first).
-                ordered = sorted(self.clear, key=len, reverse=True)
-                self._pattern = _compile("|".join(_escape(secret) for secret in ordered))
-            masked = self._pattern.sub(MASK, text)
+            masked = self._mask_clear(text)
             found = masked != text
             text = masked
         if self.hashed and key is not None:
             text, hit = self._mask_hashed(text, key, now)
             found = found or hit
         return text, found
+
+    def _mask_clear(self, text):
+        # Longest first: at one position the longer secret wins (RE2 is leftmost-first).
+        ordered = sorted(self.clear, key=len, reverse=True)
+        if self._pattern is None:
+            try:
+                self._pattern = _compile("|".join(_escape(secret) for secret in ordered))
+            except Exception:  # a secret RE2 cannot take (a lone surrogate): plain replacing
+                self._pattern = False
+        if self._pattern:
+            try:
+                return self._pattern.sub(MASK, text)
+            except UnicodeEncodeError:  # the output has a lone surrogate: plain replacing
+                pass
+        for secret in ordered:  # at most MAX_SECRETS passes, each linear
+            text = text.replace(secret, MASK)
+        return text
 
     def _mask_hashed(self, text, key, now):
         """Find carried-over secrets by rolling fingerprint, confirmed by their keyed digest."""
