@@ -9,6 +9,8 @@ secret is in any byte of any record (nor in the state carried over a reload).
 """
 
 import json
+import os
+import sys
 import unittest
 
 import evennia
@@ -26,6 +28,7 @@ except ImportError:  # a game's environment may not have it: those tests are ski
     hypothesis = None
 
 EXAMPLES = 150
+RELOAD_EXAMPLES = 40  # the carried-over search is in Python: slower per case
 
 
 def dumps(event):
@@ -509,6 +512,17 @@ else:
         def setUp(self):
             super().setUp()
             self.blind = _blind_directions(self)
+            self.ran = 0  # examples that got past their assumptions
+
+        def tearDown(self):
+            if os.environ.get("AUDITING_TEST_COUNTS"):
+                print(f"\n{self.id()}: {self.ran} generated cases", file=sys.stderr)
+            super().tearDown()
+
+        def run_examples(self, example, minimum=EXAMPLES // 3):
+            example()
+            # Not vacuous: most generated cases were checked, not assumed away.
+            self.assertGreaterEqual(self.ran, minimum)
 
         def observed(self, audit):
             """Skip a combination whose direction is not observed yet (see `_blind_directions`)."""
@@ -539,6 +553,7 @@ else:
                 logged_in, template = form
                 session = self.session if logged_in else self.guest
                 self.distinct(secret, template.replace("{s}", ""))
+                self.ran += 1
                 with override_settings(AUDIT_IN=audit[0], AUDIT_OUT=audit[1], AUDIT_CALLBACK=self.collector):
                     self.fresh(session)
                     self.sent_in(session, template.format(s=secret))
@@ -547,7 +562,7 @@ else:
                     session.data_out(text=f"Your custom game echoes: {secret}!")
                     self.check(secret, self.records())
 
-            example()
+            self.run_examples(example)
 
         def test_prompt_forms(self):
             @PROFILE
@@ -555,6 +570,7 @@ else:
             def example(secret, prompt, audit, typed):
                 self.observed(audit)
                 self.distinct(secret, prompt)
+                self.ran += 1
                 session = self.guest if typed is None else self.session
                 with override_settings(AUDIT_IN=audit[0], AUDIT_OUT=audit[1], AUDIT_CALLBACK=self.collector):
                     self.fresh(session)
@@ -567,7 +583,7 @@ else:
                     if audit[0]:
                         self.assertEqual([e["text"] for e in events if e["direction"] == "RCV"], [MASK])
 
-            example()
+            self.run_examples(example)
 
         def test_explicit_api(self):
             @PROFILE
@@ -575,6 +591,7 @@ else:
             def example(secret, audit, how):
                 self.observed(audit)
                 self.distinct(secret)
+                self.ran += 1
                 with override_settings(AUDIT_IN=audit[0], AUDIT_OUT=audit[1], AUDIT_CALLBACK=self.collector):
                     self.fresh(self.session)
                     if how == "helper":
@@ -586,13 +603,14 @@ else:
                     self.sent_in(self.session, secret)
                     self.check(secret, self.records())
 
-            example()
+            self.run_examples(example)
 
         def test_oob_shapes(self):
             @PROFILE
             @given(secret=SECRETS, name=OOB_NAMES, depth=st.integers(0, 6), in_list=st.booleans(),direction=st.sampled_from(["in", "out"]), audit=SETTINGS)
             def example(secret, name, depth, in_list, direction, audit):
                 self.distinct(secret, name)
+                self.ran += 1
                 session = self.session
                 with override_settings(AUDIT_IN=audit[0], AUDIT_OUT=audit[1], AUDIT_CALLBACK=self.collector):
                     self.fresh(session)
@@ -604,14 +622,15 @@ else:
                         session.data_out(custom=([nested], {"x": nested}))
                     self.check(secret, self.records())
 
-            example()
+            self.run_examples(example)
 
         def test_state_carried_over_a_reload(self):
-            @hypothesis.settings(PROFILE, max_examples=40)  # the carried-over search is Python: slower
+            @hypothesis.settings(PROFILE, max_examples=RELOAD_EXAMPLES)  # the carried-over search is Python: slower
             @given(secrets=st.lists(SECRETS, min_size=1, max_size=5))
             def example(secrets):
                 for secret in secrets:
                     self.distinct(secret)
+                self.ran += 1
                 self.fresh(self.session)
                 for secret in secrets:
                     self.sent_in(self.session, f"@password {secret}")
@@ -626,7 +645,7 @@ else:
                     self.session.data_out(text=f"echo: {secret} :echo")
                 self.check_all(secrets, self.records())
 
-            example()
+            self.run_examples(example, RELOAD_EXAMPLES // 3)
 
         def check_all(self, secrets, events):
             for secret in secrets:
