@@ -59,12 +59,13 @@ def secret_node(node):
     return node
 
 
-def is_secret_node(node):
-    """Is this EvMenu node function one whose answer is secret?"""
+def secret_node_label(node):
+    """The label that masks the answer to this EvMenu node, or None if it is not secret:
+    "secret_prompt" for a game's `@secret_node`, "password_prompt" for Evennia's own."""
     try:
         if node in _secret_nodes:
-            return True
+            return "secret_prompt"
     except TypeError:  # not hashable: not a node function
-        return False
+        return None
     key = (getattr(node, "__module__", None), getattr(node, "__name__", None))
-    return key in BUILTIN_SECRET_NODES
+    return "password_prompt" if key in BUILTIN_SECRET_NODES else None

@@ -19,7 +19,7 @@ import time
 import orjson
 
 from . import FORMAT_VERSION
-from .api import SECRET_OPTION, is_secret_node
+from .api import SECRET_OPTION, secret_node_label
 from .scrub import MASK
 from .secrets import connection_key
 
@@ -103,14 +103,15 @@ def capture(session, direction, kwargs, kind="io", now=time.time, who=None):
 # What the game thread saw about who is asking for the next input (see `_asking`); a private key
 # of the captured kwargs, taken out by `Builder.build` before anything is recorded.
 ASKING = "\x00asking"
+ASKING_ONLY = "asking"  # game code waits for an answer; its wording decides if that is secret
 
 
 def _asking(session, account, puppet):
     """Is the game waiting for this connection's next line (EvMenu, `get_input`) as it sends this?
 
     That is what Evennia tells about who wrote an output: while a menu or `get_input` of game code
-    waits, what it sends is its question. "secret" if the menu node is one whose answer is secret
-    (`auditing.api.secret_node`, Evennia's `menu_login` password node), "asking" otherwise.
+    waits, what it sends is its question. The label of the menu node's mask if its answer is secret
+    (`auditing.api.secret_node`, Evennia's `menu_login` password node), else `ASKING_ONLY`.
     """
     for holder in (session, puppet, account):
         if holder is None:
@@ -120,9 +121,9 @@ def _asking(session, account, puppet):
         if menu is not None:
             tree = getattr(menu, "_menutree", None)
             node = tree.get(getattr(menu, "nodename", None)) if isinstance(tree, dict) else None
-            return "secret" if is_secret_node(node) else "asking"
+            return secret_node_label(node) or ASKING_ONLY
         if getattr(ndb, "_getinput", None) is not None:
-            return "asking"
+            return ASKING_ONLY
     return None
 
 
@@ -424,7 +425,9 @@ class Builder:
             cleaned.append(line)
         text = TEXT_JOIN.join(cleaned)
         # Armed until the next input line, whatever other output comes first.
-        if asking == "secret" or (text_options and text_options.get(SECRET_OPTION) is True):
+        if asking not in (None, ASKING_ONLY):
+            state.armed_by = asking  # a menu node whose answer is secret: no wording involved
+        elif text_options and text_options.get(SECRET_OPTION) is True:
             state.armed_by = "secret_prompt"  # the game said so: no wording involved
         elif _echo_off(kwargs, text_options):
             state.armed_by = "echo_off"

@@ -175,7 +175,7 @@ class TestContribs(SecretTestCase):
         self.sent_in(self.guest, "Menu-Login pw 1")
         received = [r for r in self.records() if r["direction"] == "RCV"]
         self.assertEqual(received[-1]["text"], MASK)
-        self.assertEqual(received[-1]["masked"], ["secret_prompt"])
+        self.assertEqual(received[-1]["masked"], ["password_prompt"])  # our rule for Evennia's menu
         self.assertEqual(received[0]["text"], self.account.key)  # the name stays readable
         self.assertNoSecret(["Menu-Login pw 1"])
 

@@ -837,7 +837,8 @@ class TestLifecycle(AuditTestCase):
         self.addCleanup(shutil.rmtree, directory)
         with override_settings(AUDIT_LOG_DIR=directory, AUDIT_CALLBACK=self.collector):
             config = conf.get()
-            self.session.data_out(text="Enter your password:")
+            # (logged in, only game-authored output arms: a menu's question)
+            self.session.data_out(text=("Enter your password:", {"type": "menu"}))
             self.flush()
             before = (self.session.audit_conn, self.session.audit_seq)
             lifecycle.save_connections(config, runtime.current().pipeline.builder)
