@@ -198,6 +198,9 @@ class TestPromptWording(SecretTestCase):
         "Enter your password.\n> ",
         "2FA code:",
         "Mot de passe :",
+        "Passwort:",
+        "Введите пароль:",
+        "请输入密码:",
     )
 
     def test_prompt_forms_arm(self):
