@@ -306,17 +306,6 @@ class Scrubber:
 
     # ---------------------------------------------------------------- data
 
-    @staticmethod
-    def secret_keys(options, labels):
-        """Mask the values of secret-named keys of an option dict (one level); other values stay."""
-        if not any(is_secret_key(key) for key in options):
-            return options
-        labels.append("secret_key")
-        return {
-            key: MASK if is_secret_key(key) and value not in (None, "") else value
-            for key, value in options.items()
-        }
-
     def data(self, value, scrub_text, depth=0, secrets=None):
         """Scrub OOB command arguments and options: secret-named keys, and every string."""
         labels = []

@@ -462,13 +462,14 @@ else:
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
     )
 
+    LONE_ARGUMENT = "connect {s}"  # a password typed without the name
     # Every way a password is typed: (logged in?, line with {s} for the secret).
     COMMAND_FORMS = (
         (False, "connect bob {s}"), (False, 'conn "bob smith" "{s}"'), (False, "co bob {s}"),
         (False, "@connect bob {s}"), (False, "connect-2 bob {s}"), (False, "create bob {s}"),
         (False, "cre bob {s}"), (False, "create bob bob@example.com {s}"),
         (False, "vonnect bob {s}"), (False, "conect bob {s}"), (False, "craete bob {s}"),
-        (False, "connect {s}"),
+        (False, LONE_ARGUMENT),
         (True, "password {s}"), (True, "@password old-one = {s}"), (True, "password {s} = new-pw-9"),
         (True, "@passwd {s}"), (True, "oassword {s}"), (True, "@userpassword bob = {s}"),
         (True, "userpassword bob={s}"), (True, "|lcx|ltpassword|le {s}"),
@@ -554,6 +555,10 @@ else:
             def example(secret, form, audit):
                 self.observed(audit)
                 logged_in, template = form
+                if template == LONE_ARGUMENT:
+                    # One argument: Evennia would take a first word of several as the name.
+                    secret = "".join(secret.split())
+                    assume(len(secret) >= MIN_LENGTH)
                 session = self.session if logged_in else self.guest
                 self.distinct(secret, template.replace("{s}", ""))
                 self.ran += 1
