@@ -92,7 +92,10 @@ def capture(session, direction, kwargs, kind="io", now=time.time, who=None):
         account = puppet = room = None
     snapshot = _snapshot(kwargs)
     if direction == SND:
-        asking = _asking(session, account, puppet)
+        try:
+            asking = _asking(session, account, puppet)
+        except Exception:  # an object half deleted: the record matters more than who asked
+            asking = None
         if asking:
             snapshot[ASKING] = asking
     # Numbered last: whatever raised above leaves no gap in the sequence.
