@@ -428,8 +428,10 @@ class Builder:
             cleaned.append(line)
         text = TEXT_JOIN.join(cleaned)
         # Armed until the next input line, whatever other output comes first.
-        if asking not in (None, ASKING_ONLY):
-            state.armed_by = asking  # a menu node whose answer is secret: no wording involved
+        if asking not in (None, ASKING_ONLY) and kind == "menu":
+            # The text of a menu node whose answer is secret: no wording involved. (Only the node's
+            # own text: what its answer's processing sends, e.g. a login, is not a question.)
+            state.armed_by = asking
         elif text_options and text_options.get(SECRET_OPTION) is True:
             state.armed_by = "secret_prompt"  # the game said so: no wording involved
         elif _echo_off(kwargs, text_options):

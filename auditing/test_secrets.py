@@ -178,6 +178,10 @@ class TestContribs(SecretTestCase):
         self.assertEqual(received[-1]["masked"], ["password_prompt"])  # our rule for Evennia's menu
         self.assertEqual(received[0]["text"], self.account.key)  # the name stays readable
         self.assertNoSecret(["Menu-Login pw 1"])
+        # What the answer's processing sends at that node (a login) asks nothing.
+        self.guest.data_out(text="|gLogging in ...|n")
+        self.sent_in(self.guest, "look")
+        self.assertEqual(self.texts()[-1], "look")
 
 
 # ---------------------------------------------------------------- class 4: prompts and the API
