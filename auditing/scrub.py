@@ -12,10 +12,13 @@ linear in the line's length; there is no backtracking regex anywhere on this pat
 `bench/bench.py`: a crafted 6,000-character line scrubs in microseconds).
 
 Per-connection state (`ConnectionScrubState`) adds two defences that need history:
-- taint: a secret masked in a connection's input is also masked wherever it reappears in that
-  connection's output for a while (a game command that echoes a password we have no rule for);
-- prompt arming: output that asks for a password (or turns the client's echo off) masks the next input
-  line of that connection whole (menu logins, EvMenu, `get_input`).
+- memory: every secret argument masked in a connection's input is also masked wherever it reappears
+  in that connection's output for a while, also across a reload (`auditing.secrets`);
+- prompt arming: output that asks for a secret (or turns the client's echo off, or is marked by the
+  game with `auditing.api`) masks the next input line of that connection whole. Whether an output
+  may arm by its wording is decided from who sent it (`auditing.event`), never from its text.
+
+Speech (say, pose, whisper, channels) is never masked by the built-in rules, in any direction.
 """
 
 import re
@@ -80,7 +83,7 @@ def prompt_question(text):
         return ""
     lines = tail.splitlines()
     last = lines[-1].strip()
-    if len(last) <= 3 and len(lines) > 1:  # "Enter your password.\\n> ": the marker on its own line
+    if len(last) <= 3 and len(lines) > 1:  # "Enter your password." then ">" on a line of its own
         last = lines[-2].strip().rstrip(".!") + " " + last
     ends = [match.end() for match in _SENTENCE_END.finditer(last, 0, max(len(last) - 1, 0))]
     return last[ends[-1]:] if ends else last
