@@ -229,5 +229,6 @@ def _compile(pattern):
     if re2 is not None:
         options = re2.Options()
         options.max_mem = 64 << 20  # 32 secrets of up to a few thousand characters
+        options.log_errors = False  # RE2 would print the pattern (the secrets) to stderr
         return re2.compile(pattern, options)
     return re.compile(pattern)  # pragma: no cover - literal alternation: bounded per position
