@@ -19,7 +19,11 @@ Settings (all optional except `SERVER_SESSION_CLASS`, which switches auditing on
         Keep keys whose values are None/""/[]/{} (0 and False are always kept).
     AUDIT_MASKS = []
         Extra masks, `[{"label": r"regex with (?P<secret>...)"}, ...]`, added to the built-in ones.
-        Compiled with RE2 (linear-time matching): backreferences and lookaround are refused.
+        Compiled with RE2 (linear-time matching): backreferences and lookaround are refused; a
+        mask that cannot be used is an error, never skipped. Evennia 6's own default entries (equal
+        by value to those in its `settings_default.py`) are skipped: ours cover them. The form that
+        works on Evennia 5 and 6 alike:
+            AUDIT_MASKS = list(globals().get("AUDIT_MASKS", [])) + [{"label": r"..."}]
     AUDIT_PROMPT_MASKS = []
         Extra password-prompt patterns, `[{"label": r"regex"}, ...]`: output matching one masks the
         next input line of that session whole (see `auditing.scrub`).
@@ -167,14 +171,35 @@ def resolve_callback(value, name="AUDIT_CALLBACK"):
     return target, value
 
 
-def _evennia_default_masks():
-    """Evennia 6 ships its own `AUDIT_MASKS` defaults; ours supersede them (Evennia 5 has none)."""
-    try:
-        from evennia import settings_default
+_pristine_defaults = None
 
-        return list(getattr(settings_default, "AUDIT_MASKS", []))
-    except Exception:
-        return []
+
+def _evennia_default_masks():
+    """Evennia 6's own `AUDIT_MASKS` defaults, as shipped (Evennia 5 has none); ours supersede them.
+
+    Read from the source of `evennia.settings_default`, not from the imported module: a game's
+    `AUDIT_MASKS += [...]` (after `from evennia.settings_default import *`) extends that module's
+    list object in place, so the imported value holds the game's masks too.
+    """
+    global _pristine_defaults
+    if _pristine_defaults is None:
+        _pristine_defaults = []
+        try:
+            import ast
+            import importlib.util
+
+            spec = importlib.util.find_spec("evennia.settings_default")
+            with open(spec.origin, encoding="utf-8") as handle:
+                tree = ast.parse(handle.read())
+            for node in tree.body:
+                if (
+                    isinstance(node, ast.Assign)
+                    and any(getattr(target, "id", None) == "AUDIT_MASKS" for target in node.targets)
+                ):
+                    _pristine_defaults = list(ast.literal_eval(node.value))
+        except Exception:  # no Evennia source to read: nothing is skipped, nothing is lost
+            _pristine_defaults = []
+    return _pristine_defaults
 
 
 def compile_masks(name, entries, need_secret):

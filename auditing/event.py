@@ -17,7 +17,9 @@ import time
 import orjson
 
 from . import FORMAT_VERSION
+from .api import SECRET_OPTION, secret_node_label
 from .scrub import MASK
+from .secrets import connection_key
 
 RCV = "RCV"  # client -> game
 SND = "SND"  # game -> client
@@ -64,9 +66,43 @@ def capture(session, direction, kwargs, kind="io", now=time.time, who=None):
     else:
         account = puppet = room = None
     snapshot = _snapshot(kwargs)
+    if direction == SND:
+        try:
+            asking = _asking(session, account, puppet)
+        except Exception:  # an object half deleted: the record matters more than who asked
+            asking = None
+        if asking:
+            snapshot[ASKING] = asking
     # Numbered last: whatever raised above leaves no gap in the sequence.
     seq = session.audit_seq = session.audit_seq + 1
     return (now(), kind, direction, session, conn, seq, account, puppet, room, snapshot)
+
+
+# What the game thread saw about who is asking for the next input (see `_asking`); a private key
+# of the captured kwargs, taken out by `Builder.build` before anything is recorded.
+ASKING = "\x00asking"
+ASKING_ONLY = "asking"  # game code waits for an answer; its wording decides if that is secret
+
+
+def _asking(session, account, puppet):
+    """Is the game waiting for this connection's next line (EvMenu, `get_input`) as it sends this?
+
+    That is what Evennia tells about who wrote an output: while a menu or `get_input` of game code
+    waits, what it sends is its question. The label of the menu node's mask if its answer is secret
+    (`auditing.api.secret_node`, Evennia's `menu_login` password node), else `ASKING_ONLY`.
+    """
+    for holder in (session, puppet, account):
+        if holder is None:
+            continue
+        ndb = holder.ndb
+        menu = getattr(ndb, "_evmenu", None)
+        if menu is not None:
+            tree = getattr(menu, "_menutree", None)
+            node = tree.get(getattr(menu, "nodename", None)) if isinstance(tree, dict) else None
+            return secret_node_label(node) or ASKING_ONLY
+        if getattr(ndb, "_getinput", None) is not None:
+            return ASKING_ONLY
+    return None
 
 
 # ---------------------------------------------------------------- writer thread
@@ -217,12 +253,15 @@ class Builder:
         if kind != "io":
             return self.build_lifecycle(captured)
         kwargs = dict(kwargs)
+        asking = kwargs.pop(ASKING, None)
         strings, text_options = split_text(kwargs)
         state = self.state(conn)
+        if state.key is None:
+            state.key = connection_key(session)
         # Logged in *when it was typed* (the writer may run after the login that followed).
         logged_in = account is not None
         text, masked = self._scrub_text(direction, strings, kwargs, text_options, state, when,
-                                        logged_in)
+                                        logged_in, asking)
         sparse_mode = not self.config.allow_sparse
         if kwargs:
             secrets = []
@@ -235,7 +274,7 @@ class Builder:
                 if label not in masked:
                     masked.append(label)
             for secret in secrets:  # an OOB secret the game may echo back in its reply
-                state.remember(secret, MASK, when)
+                state.memory.remember(secret, when)
             if sparse_mode:
                 # An OOB command's name is information even with no arguments: only None goes.
                 data = {key: value for key, value in data.items() if value is not None}
@@ -248,7 +287,8 @@ class Builder:
                 text_options, labels = self.scrubber.data(text_options, self.scrubber.command)
                 masked.extend(label for label in labels if label not in masked)
             else:
-                text_options = self.scrubber.secret_keys(text_options, masked)
+                text_options, labels = self.scrubber.data(text_options, _unchanged)
+                masked.extend(label for label in labels if label not in masked)
             if sparse_mode:
                 text_options = sparse(text_options)
             if text_options:
@@ -330,7 +370,18 @@ class Builder:
             event = sparse(event)
         return self._finish(event, captured, sparse_mode)
 
-    def _scrub_text(self, direction, strings, kwargs, text_options, state, when, logged_in):
+    def export_state(self, conn, now=None):
+        """What must survive `evennia reload` of this connection's scrub state: JSON-able, with no
+        secret in clear (keyed digests; the key stays in the portal's memory)."""
+        state = self.states.get(conn)
+        return state.export(time.time() if now is None else now) if state is not None else None
+
+    def import_state(self, conn, data, now=None):
+        """Take back `export_state`'s data in the next server process."""
+        self.state(conn).load(data, time.time() if now is None else now)
+
+    def _scrub_text(self, direction, strings, kwargs, text_options, state, when, logged_in,
+                    asking=None):
         scrubber = self.scrubber
         masked = []
         if direction == RCV:
@@ -340,57 +391,83 @@ class Builder:
                 masked.append(state.armed_by)
                 state.armed_by = None
                 for original in strings:  # a game may echo the answer back
-                    state.remember(original, MASK, when, min_length=_ANSWER_MIN_LENGTH)
+                    state.remember(original, MASK, when)
                 return MASK, masked
             cleaned = []
             for original in strings:
                 line, label = scrubber.command(original, logged_in)
                 if label:
                     masked.append(label)
-                    state.remember(original, line, when)
+                    state.remember(original, line, when, label=label)
                 cleaned.append(line)
             return TEXT_JOIN.join(cleaned), masked
+        kind, from_channel = _kind_of(text_options)
+        speech = kind in _SPEECH_TYPES or from_channel
         cleaned = []
         for original in strings:
-            line, label = scrubber.output(original, logged_in)
+            if speech:
+                # What a player said is recorded as said, in every direction (a secret the
+                # speaker typed into `say` is in their RCV record too). Only the game's masks apply.
+                line, label = scrubber.speech(original)
+            else:
+                line, label = scrubber.output(original, logged_in)
             if label:
                 masked.append(label)
-            line, echo_label = state.untaint(line, when)
-            if echo_label and echo_label not in masked:
-                masked.append(echo_label)
+            if not speech:
+                line, echo_label = state.untaint(line, when)
+                if echo_label and echo_label not in masked:
+                    masked.append(echo_label)
             cleaned.append(line)
         text = TEXT_JOIN.join(cleaned)
         # Armed until the next input line, whatever other output comes first.
-        if _echo_off(kwargs, text_options):
+        if asking not in (None, ASKING_ONLY) and kind == "menu":
+            # The text of a menu node whose answer is secret: no wording involved. (Only the node's
+            # own text: what its answer's processing sends, e.g. a login, is not a question.)
+            state.armed_by = asking
+        elif text_options and text_options.get(SECRET_OPTION) is True:
+            state.armed_by = "secret_prompt"  # the game said so: no wording involved
+        elif _echo_off(kwargs, text_options):
             state.armed_by = "echo_off"
-        elif text and _may_be_prompt(text, text_options):
+        elif text and _may_be_prompt(kind, from_channel, logged_in, asking):
             state.armed_by = scrubber.is_password_prompt(text) or state.armed_by
-        prompt = kwargs.get("prompt")  # msg(prompt=...): the telnet prompt line
+        prompt = kwargs.get("prompt")  # msg(prompt=...): the telnet prompt line, set by game code
         if prompt:
             prompt_text = "\n".join(flatten_text(prompt))
-            if prompt_text and _may_be_prompt(prompt_text, None):
+            if prompt_text:
                 state.armed_by = scrubber.is_password_prompt(prompt_text) or state.armed_by
         return text, masked
 
 
-# A typed answer to a password prompt is watched for in later output only from this length: a short
-# answer ("look", a mistyped "y") would mask ordinary words for minutes.
-_ANSWER_MIN_LENGTH = 6
-
-# Output types of player-authored messages (say, pose, whisper ...): what a player writes must not
-# arm the mask on the listeners' next line. Menus (EvMenu: "menu") and untyped output may.
-_PROMPT_TYPES = (None, "menu", "prompt", "input")
+def _unchanged(text):
+    """The game's own option values are not scrubbed as text (only secret-named keys are)."""
+    return text, None
 
 
-def _may_be_prompt(text, text_options):
-    kind = text_options.get("type") if isinstance(text_options, dict) else None
-    if kind not in _PROMPT_TYPES:
+# Output types that carry what a player wrote (Evennia's `at_say` types, `msg_type` of poses and
+# whispers; channel messages carry `from_channel`): never masked, never a prompt.
+_SPEECH_TYPES = frozenset({"say", "pose", "whisper", "emote", "ooc", "page", "tell", "channel"})
+# Output types of game code that may ask a question: EvMenu ("menu"), prompt lines.
+_ASKING_TYPES = ("menu", "prompt", "input")
+
+
+def _kind_of(text_options):
+    if not isinstance(text_options, dict):
+        return None, False
+    return text_options.get("type"), "from_channel" in text_options
+
+
+def _may_be_prompt(kind, from_channel, logged_in, asking):
+    """May this output arm the prompt mask by its wording? Decided from what Evennia tells about
+    it, never from its text: only game code can be its author.
+
+    - before login nobody but the game can send to a connection (no page, no channel, no say);
+    - after login, untyped output may be a page's echo or another player's words, so only output
+      sent while a menu or `get_input` of the game waits for this connection, or typed as a menu /
+      prompt, may arm; a typed player message (say, pose, channel) never does.
+    """
+    if from_channel or (kind is not None and kind not in _ASKING_TYPES):
         return False
-    # Channel lines ("[Public] bob: what is the password?") and pages ("Account bob pages: ...")
-    # are players talking too.
-    if text.startswith("[") and "] " in text[:80]:
-        return False
-    return "pages:" not in text[:200]
+    return not logged_in or kind is not None or asking is not None
 
 
 def _echo_off(kwargs, text_options):

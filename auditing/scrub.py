@@ -12,57 +12,81 @@ linear in the line's length; there is no backtracking regex anywhere on this pat
 `bench/bench.py`: a crafted 6,000-character line scrubs in microseconds).
 
 Per-connection state (`ConnectionScrubState`) adds two defences that need history:
-- taint: a secret masked in a connection's input is also masked wherever it reappears in that
-  connection's output for a while (a game command that echoes a password we have no rule for);
-- prompt arming: output that asks for a password (or turns the client's echo off) masks the next input
-  line of that connection whole (menu logins, EvMenu, `get_input`).
+- memory: every secret argument masked in a connection's input is also masked wherever it reappears
+  in that connection's output for a while, also across a reload (`auditing.secrets`);
+- prompt arming: output that asks for a secret (or turns the client's echo off, or is marked by the
+  game with `auditing.api`) masks the next input line of that connection whole. Whether an output
+  may arm by its wording is decided from who sent it (`auditing.event`), never from its text.
+
+Speech (say, pose, whisper, channels) is never masked by the built-in rules, in any direction.
 """
 
-import collections
 import re
 
-MASK = "********"
+from .api import SECRET_OPTION
+from .secrets import MASK, MIN_LENGTH, SecretMemory
 
-# Keys of OOB/option dicts whose values are secrets, whatever the value looks like.
-SECRET_KEY = re.compile(r"pass(word|wd|phrase)?$|secret|token|api[_-]?key|credential", re.I)
-
-# OOB commands whose name says they carry credentials: all their arguments are masked.
-SECRET_COMMAND = re.compile(r"login|auth|pass(word|wd)?|secret|token|credential", re.I)
-
+# OOB data: one rule for names whose value is a secret, at any depth (see `is_secret_key`). A name
+# is cut into words (case, `-`, `_`, digits and camelCase all separate words) and is secret when
+# one word is in SECRET_WORDS or the joined name contains one of SECRET_PARTS.
+SECRET_WORDS = frozenset(
+    "pass password passwd passphrase passcode pwd pw pin otp totp hotp mfa 2fa secret secrets "
+    "token tokens cookie cookies credential credentials creds auth authorization bearer jwt "
+    "sessid apikey".split()
+)
+SECRET_PARTS = (
+    "password", "passwd", "passphrase", "secret", "token", "credential", "cookie", "authoriz",
+    "apikey", "privatekey", "sessionkey", "sessionid", "accesskey", "signingkey",
+)
+# Squashed names: `userpin`, `newotp`, `xpwd`.
+SECRET_ENDINGS = ("pin", "pincode", "otp", "pwd")
+# Top-level OOB commands whose name says they carry credentials: all their arguments are masked.
+SECRET_COMMANDS = frozenset(
+    "connect create login logon signin signup register authenticate userpassword".split()
+)
 # Evennia strips one of these before matching a command (settings.CMD_IGNORE_PREFIXES).
 _IGNORE_PREFIXES = "@&/+"
 _CONNECT = ("connect", "conn", "con", "co")
 _CREATE = ("create", "cre", "cr")
 _TYPO_MAX_DISTANCE = 2
-_TAINT_MIN_LENGTH = 4  # shorter "secrets" would mask ordinary letters in the output
-_TAINT_MAX = 4  # secrets remembered per connection
-_TAINT_TTL = 300.0  # seconds a masked input secret is also masked in that connection's output
+# Evennia's own "close": the cosine similarity of letter counts its command handler uses (cutoff
+# 0.7) to suggest a command for a mistyped one (`evennia.utils.utils.string_similarity`).
+_TYPO_SIMILARITY = 0.7
 
-# Output that asks for a password: the next input line of that connection is masked whole.
-BUILTIN_PROMPTS = (
-    # The question ends the message (so speech, which ends in a closing quote, cannot arm it):
-    # "Enter the password for account bob (empty to abort):", "Password:", "Enter a new password:",
-    # "Type your passphrase again?", "API key:"
-    (
-        "password_prompt",
-        re.compile(
-            r"(pass(word|phrase|wd)|\bpin|secret( key)?|api[ _-]?key|access token)[^\n\"']{0,80}[:?>]\s*(\|[nN/]\s*)*$",
-            re.I,
-        ),
-    ),
+# Output that asks for a secret: the next input line of that connection is masked whole. Matched
+# on the last sentence of the last line, colour codes removed, ending in `:`, `?` or `>`. Wording
+# collected from login screens and menus of real games ("Enter the password you'd like to use:",
+# "Choose a password for 'Bob' (8+ characters):", "PIN code?", "2FA code>", "Mot de passe :").
+# Who wrote it is decided elsewhere (`auditing.event`): output a player wrote never arms.
+_SECRET_WORDS_RE = (
+    r"\b(pass ?words?|passwd|pass ?phrases?|pass ?codes?|pwd|pin|pin ?codes?|pin ?numbers?"
+    r"|secrets?|secret (key|word|phrase|answer|code)|api[ _-]?keys?|(access|auth|api|session|bearer)[ _-]?tokens?"
+    r"|tokens?|one[ -]time (code|password|pin)|otp|2fa|mfa|totp"
+    r"|(verification|security|authenticat(or|ion)|recovery|backup|login|sign[ -]?in) codes?"
+    r"|passwort|kennwort|contrase[ñn]a|mot de passe|senha|parola d'ordine|wachtwoord|salasana|пароль)\b"
+    r"|密码|密碼|パスワード|비밀번호|暗証番号"
 )
+BUILTIN_PROMPTS = (("password_prompt", re.compile(_SECRET_WORDS_RE, re.I)),)
+_PROMPT_TAIL = 1000  # a prompt is the end of what was sent; keeps the cost flat
+# Evennia colour/markup codes and ANSI sequences: removed before the prompt grammar looks.
+_MARKUP = re.compile(
+    r"\|(\[?#[0-9a-fA-F]{6}|\[?[0-5]{3}|\[?=[a-z]|\[?[a-zA-Z]|[*^_/\-<>])|\x1b\[[0-9;?]*[ -/]*[@-~]"
+)
+_SENTENCE_END = re.compile(r"[.!](\s|$)")
 
 
-def _ends_like_question(text):
-    """Cheap test before the prompt regexes: does the text end in ':', '?' or '>' (+ |n codes)?"""
-    end = len(text)
-    while True:
-        while end and text[end - 1].isspace():
-            end -= 1
-        if end >= 2 and text[end - 2] == "|" and text[end - 1] in "nN/":
-            end -= 2
-            continue
-        return end > 0 and text[end - 1] in ":?>"
+def prompt_question(text):
+    """The question a message ends with (its last sentence, markup removed), or "" if it does not
+    end like a question (`:`, `?`, `>`)."""
+    tail = _MARKUP.sub("", text[-_PROMPT_TAIL:]).rstrip()
+    if not tail or tail[-1] not in ":?>":
+        return ""
+    lines = tail.splitlines()
+    last = lines[-1].strip()
+    if len(last) <= 3 and len(lines) > 1:  # "Enter your password." then ">" on a line of its own
+        last = lines[-2].strip().rstrip(".!") + " " + last
+    ends = [match.end() for match in _SENTENCE_END.finditer(last, 0, max(len(last) - 1, 0))]
+    return last[ends[-1]:] if ends else last
 
 
 def osa_distance(a, b, limit=_TYPO_MAX_DISTANCE):
@@ -85,11 +109,14 @@ def osa_distance(a, b, limit=_TYPO_MAX_DISTANCE):
 
 
 def _is_typo_of(word, name, min_length):
-    return (
-        len(word) >= min_length
-        and word[0] == name[0]
-        and osa_distance(word, name) <= _TYPO_MAX_DISTANCE
-    )
+    """Is `word` a mistyped `name`? Close the way Evennia's suggestions are (letter-count cosine
+    similarity >= 0.7, any letter may be the wrong one: `vonnect`, `oassword`), and at most two
+    edits away (so an anagram such as `swords` is not `password`)."""
+    if len(word) < min_length or osa_distance(word, name) > _TYPO_MAX_DISTANCE:
+        return False
+    from evennia.utils.utils import string_similarity  # lazy: scrub is imported before Django
+
+    return string_similarity(word, name) >= _TYPO_SIMILARITY
 
 
 _LEADING_SPACE = re.compile(r"\s*")
@@ -263,30 +290,24 @@ class Scrubber:
                     return text, label
         return self._user_masks(text)
 
+    def speech(self, text):
+        """Scrub what a player said (say, pose, channel): only the game's own masks apply."""
+        return self._user_masks(text)
+
     def is_password_prompt(self, text):
         """The label of the prompt rule this output matches, or None."""
-        tail = text[-400:]  # a prompt is the end of what was sent; keeps the cost flat
-        if _ends_like_question(tail):
+        question = prompt_question(text)
+        if question:
             for label, regex in BUILTIN_PROMPTS:
-                if regex.search(tail):
+                if regex.search(question):
                     return label
+        tail = text[-_PROMPT_TAIL:]
         for label, regex in self.user_prompts:
             if regex.search(tail):
                 return label
         return None
 
     # ---------------------------------------------------------------- data
-
-    @staticmethod
-    def secret_keys(options, labels):
-        """Mask the values of secret-named keys of an option dict (one level); other values stay."""
-        if not any(_is_secret_key(key, False) for key in options):
-            return options
-        labels.append("secret_key")
-        return {
-            key: MASK if _is_secret_key(key, False) and value not in (None, "") else value
-            for key, value in options.items()
-        }
 
     def data(self, value, scrub_text, depth=0, secrets=None):
         """Scrub OOB command arguments and options: secret-named keys, and every string."""
@@ -304,7 +325,7 @@ class Scrubber:
             if isinstance(item, dict):
                 cleaned = {}
                 for key, val in item.items():
-                    secret = _is_secret_key(key, level == depth)
+                    secret = is_secret_key(key) or (level == depth and is_secret_command(key))
                     if secret and val not in (None, "", [], {}):
                         labels.append("secret_key")
                         found.extend(strings_of(val))
@@ -335,19 +356,40 @@ def strings_of(value):
     return [str(value)] if value is not None else []
 
 
+_CAMEL = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|[0-9]+[a-z]*")
 _secret_keys = {}
 
 
-def _is_secret_key(key, top_level):
-    """Does this OOB command or option name say its value is a secret? (memoised: names repeat)"""
-    known = _secret_keys.get((key, top_level))
+def _words_of(name):
+    return [word.lower() for word in _CAMEL.findall(name)]
+
+
+def is_secret_key(key):
+    """Does this OOB/option name say its value is a secret? The one rule, for any depth:
+    `pwd`, `userPIN`, `session-key`, `Authorization`, `private_key`, `credentials`, `otp` ...
+    (memoised: names repeat)."""
+    known = _secret_keys.get(key)
     if known is None:
-        known = isinstance(key, str) and bool(
-            SECRET_KEY.search(key) or (top_level and SECRET_COMMAND.search(key))
-        )
+        known = False
+        if isinstance(key, str) and key != SECRET_OPTION:
+            words = _words_of(key)
+            joined = "".join(words)
+            known = (
+                any(word in SECRET_WORDS for word in words)
+                or any(part in joined for part in SECRET_PARTS)
+                or joined.endswith(SECRET_ENDINGS)
+            )
         if len(_secret_keys) < 10_000:
-            _secret_keys[(key, top_level)] = known
+            _secret_keys[key] = known
     return known
+
+
+def is_secret_command(name):
+    """Is this top-level OOB command one that carries credentials (`connect`, `login`, ...)?"""
+    if not isinstance(name, str):
+        return False
+    joined = "".join(_words_of(name))
+    return joined in SECRET_COMMANDS or is_secret_key(name)
 
 
 def _between_markers(text, head, middle, tail_marks):
@@ -372,14 +414,16 @@ def _replace(text, span, label):
 
 def _create_confirmation(scrubber, text, logged_in):
     # CmdUnconnectedCreate: "You want to create an account 'NAME' with password 'PW'.\nIs this ...?"
+    # and email_login's: "... account 'NAME' with email 'EMAIL' and password 'PW'.\nIs this ...?"
     if not text.startswith("You want to create an account '"):
         return text, None
     first_line, newline, rest = text.partition("\n")
-    span = _between_markers(first_line, "", "' with password '", ("'.",))
-    if span is None:
-        return text, None
-    masked, label = _replace(first_line, span, "create")
-    return masked + newline + rest, label
+    for middle in ("' with password '", "' and password '"):
+        span = _between_markers(first_line, "", middle, ("'.",))
+        if span is not None:
+            masked, label = _replace(first_line, span, "create")
+            return masked + newline + rest, label
+    return text, None
 
 
 def _echo_rule(marker, label):
@@ -410,7 +454,7 @@ def _not_available(scrubber, text, logged_in):
         if start < 0:
             continue
         inner_start = start + len(head)
-        inner_end = text.find(tail, inner_start)
+        inner_end = text.rfind(tail, inner_start)  # the line itself may contain the tail
         if inner_end < 0:
             continue
         inner = text[inner_start:inner_end]
@@ -426,22 +470,37 @@ _OUTPUT_RULES = (_create_confirmation, _new_password_set, _password_changed_by, 
 class ConnectionScrubState:
     """What the writer remembers about one connection to scrub its next records."""
 
-    __slots__ = ("taints", "armed_by")
+    __slots__ = ("memory", "armed_by", "key")
 
     def __init__(self):
-        self.taints = collections.deque(maxlen=_TAINT_MAX)  # (secret, expires_at)
+        self.memory = SecretMemory()  # the secrets this connection typed (see `auditing.secrets`)
         self.armed_by = None  # label of the prompt rule that will mask the next input line
+        self.key = None  # the connection's key for carrying secrets over a reload (bytes)
 
-    def remember(self, original, masked_text, now, min_length=_TAINT_MIN_LENGTH):
-        """Record the secret(s) an input line lost to masking, for output taint checks."""
+    def remember(self, original, masked_text, now, min_length=MIN_LENGTH, label=None):
+        """Remember the secret(s) an input line lost to masking, for output checks."""
         # The secret is what the mask replaced: recover it by aligning original and masked text.
         head = masked_text.find(MASK)
         if head < 0:
             return
+        # (The rules may drop spaces before the mask: compare without them.)
+        prefix = masked_text[:head].rstrip()
+        if not original.startswith(prefix) and "|l" in original:
+            original = strip_mxp(original)  # it was masked as Evennia parses it: links removed
         tail_length = len(masked_text) - head - len(MASK)
-        secret = original[head : len(original) - tail_length].strip()
-        if len(secret) >= min_length:
-            self.taints.append((secret, now + _TAINT_TTL))
+        secret = original[len(prefix) : len(original) - tail_length].strip()
+        if len(secret) < min_length:
+            return
+        self.memory.remember(secret, now)
+        if label == "create":
+            # email_login's `create NAME EMAIL PASSWORD`: the password alone, and each argument,
+            # may be echoed ("'PASSWORD' is not a valid e-mail address.").
+            words = secret.split()
+            if len(words) > 1:
+                self.memory.remember(secret[len(words[0]):].strip(), now)
+            if len(words) <= 3:
+                for word in words:
+                    self.memory.remember(word, now)
 
     def export(self):
         """What carries over a reload (None when there is nothing to carry)."""
@@ -452,9 +511,19 @@ class ConnectionScrubState:
 
     def untaint(self, text, now):
         """Mask remembered secrets of this connection wherever they reappear in output."""
-        label = None
-        for secret, expires_at in self.taints:
-            if expires_at >= now and secret in text:
-                text = text.replace(secret, MASK)
-                label = "echo"
-        return text, label
+        text, found = self.memory.mask(text, now, self.key)
+        return text, "echo" if found else None
+
+    def export(self, now):
+        """JSON-able, no secret in clear (see `auditing.secrets`)."""
+        secrets = self.memory.export(self.key, now) if self.key is not None else []
+        return {"armed_by": self.armed_by, "secrets": secrets}
+
+    def load(self, data, now):
+        """Take back what `export` gave before a reload."""
+        if not isinstance(data, dict):
+            return
+        armed_by = data.get("armed_by")
+        if isinstance(armed_by, str):
+            self.armed_by = armed_by
+        self.memory.load(data.get("secrets"), now)

@@ -852,7 +852,8 @@ class TestLifecycle(AuditTestCase):
         return os.path.join(self.trail_dir, STATE_FILE)
 
     def test_connection_ids_carried_across_a_reload(self):
-        self.session.data_out(text="Enter your password:")
+        # (logged in, only game-authored output arms: a menu's question)
+        self.session.data_out(text=("Enter your password:", {"type": "menu"}))
         self.flush()
         before = (self.session.audit_conn, self.session.audit_seq)
         service.current().stop()  # what a reload does: drained, then the open connections saved
