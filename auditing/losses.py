@@ -1,0 +1,147 @@
+"""
+Loss accounting: what was given up, when it is stated in the trail, and what the log says about it.
+
+Two clocks run side by side:
+
+- **Loss records.** Every event given up is counted at once (`add`). The count waits for the next loss
+  record, which the pipeline writes as soon as the output works: the first one at the first loss,
+  then at most one every `RECORD_EVERY` seconds while the trouble lasts (so a sustained overload or
+  a callback failing 30 % of its calls gives one record a second, not one per event). A loss record
+  that cannot be delivered gives its count back (`restore`): the count is stated by a later record,
+  never dropped with it.
+- **Episodes** (for the server log). A run of trouble with no gap longer than `EPISODE_QUIET` seconds
+  is one episode. The log gets one line when a kind of trouble first shows in an episode (queue full,
+  output failing, callback raising), one when a failing output works again, and one when the episode
+  ends, with the number of events it lost. So a flapping output or a failing callback costs a few
+  lines, whatever the number of failures.
+"""
+
+from . import FORMAT_VERSION
+from .event import iso_time
+
+RECORD_EVERY = 1.0  # seconds between loss records while trouble lasts
+EPISODE_QUIET = 5.0  # seconds without trouble that end an episode
+
+
+class LossTracker:
+    """Counts events given up, and decides when to state them and what to log.
+
+    Args:
+        report (callable): `report(level, message)` writes one line to the server log.
+    """
+
+    def __init__(self, report):
+        self.report = report
+        self.lost = 0  # not yet stated in a delivered loss record
+        self.first_time = None
+        self.last_time = None
+        self.cause = None
+        self.failing = False  # the output refuses records (they wait for a retry)
+        self.total_lost = 0  # events given up since start (each counted once)
+        self.stated = 0  # events stated lost by loss records that were delivered
+        self.records = 0  # loss records delivered
+        self._last_record = None
+        self._episode = None  # {"lost", "kinds", "first", "last_trouble", "failed_at"}
+
+    # -- counting ---------------------------------------------------------------------------------
+
+    def add(self, count, first_time, last_time, cause):
+        """`count` events were given up, covering `first_time`..`last_time` (epoch seconds)."""
+        if count <= 0:
+            return
+        self.total_lost += count
+        if self._episode is not None:
+            self._episode["lost"] += count
+        self.restore(count, first_time, last_time, cause)
+
+    def restore(self, count, first_time, last_time, cause):
+        """A count already given up comes back to be stated (its loss record did not go out)."""
+        if count <= 0:
+            return
+        self.lost += count
+        self.first_time = first_time if self.first_time is None else min(self.first_time, first_time)
+        self.last_time = last_time if self.last_time is None else max(self.last_time, last_time)
+        self.cause = self.cause or cause
+
+    def stated_by(self, count):
+        """A loss record stating `count` events was delivered."""
+        self.stated += count
+        self.records += 1
+
+    # -- loss records -----------------------------------------------------------------------------
+
+    def due(self, now):
+        """True when a loss record should go out now."""
+        if not self.lost or self.failing:
+            return False
+        return self._last_record is None or now - self._last_record >= RECORD_EVERY
+
+    def take_record(self, config, now):
+        """The loss record for everything not yet stated (None if nothing is waiting)."""
+        if not self.lost:
+            return None
+        record = {
+            "v": FORMAT_VERSION,
+            "kind": "loss",
+            "time": iso_time(now),
+            "hostname": config.hostname,
+            "application": config.application,
+            "pid": config.pid,
+            "lost": self.lost,
+            "first_time": iso_time(self.first_time),
+            "last_time": iso_time(self.last_time),
+            "cause": self.cause,
+        }
+        self.lost, self.first_time, self.last_time, self.cause = 0, None, None, None
+        self._last_record = now
+        return record
+
+    # -- episodes (the server log) ----------------------------------------------------------------
+
+    def trouble(self, kind, now, message, level="err"):
+        """Something went wrong (`kind`: "queue", "output", "callback", ...): log it once per episode."""
+        episode = self._episode
+        if episode is None:
+            episode = self._episode = {"lost": 0, "kinds": [], "first": now, "failed_at": None}
+        episode["last_trouble"] = now
+        if kind not in episode["kinds"]:
+            episode["kinds"].append(kind)
+            self.report(level, message)
+
+    def output_failed(self, now, message):
+        """The output refused a write: records wait for a retry."""
+        if not self.failing:
+            self.failing = True
+            self.trouble("output", now, message)
+            if self._episode["failed_at"] is None:
+                self._episode["failed_at"] = now
+        else:
+            self._episode["last_trouble"] = now
+
+    def output_works(self, now, output):
+        """A write succeeded: say so once per episode, with how long the output was down."""
+        if not self.failing:
+            return
+        self.failing = False
+        episode = self._episode
+        episode["last_trouble"] = now
+        if episode["failed_at"] is not None and "recovered" not in episode["kinds"]:
+            episode["kinds"].append("recovered")
+            self.report("info", f"audit output {output} works again after {now - episode['failed_at']:.1f} s")
+
+    def end_episode(self, now, force=False):
+        """Close the episode after `EPISODE_QUIET` s without trouble (or now, at shutdown)."""
+        episode = self._episode
+        if episode is None or (self.failing and not force):
+            return
+        if not force and (now - episode["last_trouble"] < EPISODE_QUIET or self.lost):
+            return
+        self._episode = None
+        if episode["lost"]:
+            unstated = f"; {self.lost} not yet stated" if self.lost else ""
+            self.report(
+                "warn",
+                f"audit trouble over ({', '.join(k for k in episode['kinds'] if k != 'recovered')}, "
+                f"{iso_time(episode['first'])} to {iso_time(episode['last_trouble'])}): "
+                f"{episode['lost']} events lost, stated in loss records in the trail{unstated}",
+            )
