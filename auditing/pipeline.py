@@ -252,13 +252,7 @@ class Pipeline:
                 self._recover()
             self._check_losses()
             while self.queue and not self._past_deadline():
-                batch = []
-                popleft = self.queue.popleft
-                try:
-                    for _ in range(_BATCH):
-                        batch.append(popleft())
-                except IndexError:
-                    pass
+                batch = self._take_batch()
                 self._deliver(self._build(batch))
                 self.processed += len(batch)
                 self._check_losses()
@@ -266,6 +260,17 @@ class Pipeline:
                 self._deliver([])
             self._check_losses()
             self.loss.end_episode(self.clock())
+
+    def _take_batch(self):
+        """Up to `_BATCH` events from the queue (the game thread may take the oldest meanwhile)."""
+        batch = []
+        popleft = self.queue.popleft
+        try:
+            for _ in range(_BATCH):
+                batch.append(popleft())
+        except IndexError:
+            pass
+        return batch
 
     def _check_losses(self):
         """Count what the game thread gave up, and state losses in the trail when one is due."""
@@ -557,7 +562,7 @@ class Pipeline:
         items.extend(self._pending)
         self._pending.clear()
         while self.queue:
-            batch = [self.queue.popleft() for _ in range(min(_BATCH, len(self.queue)))]
+            batch = self._take_batch()
             self.processed += len(batch)
             for when, event, parts in self._build(batch):
                 items.append((when, self._spill_bytes(event, parts), 0))
