@@ -35,7 +35,8 @@ from stat import S_ISREG
 
 import orjson
 
-from .sinkbase import Sink, SinkError, report
+from . import sinkbase
+from .sinkbase import Sink, SinkError
 from .trail import FILE_RE
 
 _HEAD = 65536  # bytes read to judge a file's format (its first line)
@@ -65,11 +66,11 @@ class FileSink(Sink):
         "loses nothing written, a power loss may lose the last seconds"
     )
 
-    def __init__(self, directory, max_bytes=0, clock=time.time, report=report):
+    def __init__(self, directory, max_bytes=0, clock=time.time, report=None):
         self.directory = os.fspath(directory)
         self.max_bytes = max_bytes
         self.clock = clock
-        self.report = report
+        self.report = report or (lambda level, message: sinkbase.report(level, message))
         self.refused_symlinks = 0
         self.moved_aside = 0
         self._fd = None

@@ -16,6 +16,8 @@ Two clocks run side by side:
   lines, whatever the number of failures.
 """
 
+import datetime
+
 from . import FORMAT_VERSION
 from .event import iso_time
 
@@ -23,25 +25,42 @@ RECORD_EVERY = 1.0  # seconds between loss records while trouble lasts
 EPISODE_QUIET = 5.0  # seconds without trouble that end an episode
 
 
+def epoch_of(iso_time, default):
+    """Epoch seconds of a record's time (`2026-11-27T07:40:12.123456Z`), or `default`."""
+    try:
+        return datetime.datetime.fromisoformat(iso_time.replace("Z", "+00:00")).timestamp()
+    except (AttributeError, TypeError, ValueError):
+        return default
+
+
 class LossTracker:
     """Counts events given up, and decides when to state them and what to log.
+
+    What waits to be stated is kept as segments `[count, first_time, last_time, cause]`, one per
+    cause in a row, so a loss record covers one stretch of time with one cause (a restored loss
+    record stays its own segment, with its own times and cause).
 
     Args:
         report (callable): `report(level, message)` writes one line to the server log.
     """
 
+    MAX_SEGMENTS = 16  # beyond that the two oldest are merged (a storm of alternating causes)
+
     def __init__(self, report):
         self.report = report
-        self.lost = 0  # not yet stated in a delivered loss record
-        self.first_time = None
-        self.last_time = None
-        self.cause = None
+        self.segments = []  # not yet stated in a delivered loss record, oldest first
         self.failing = False  # the output refuses records (they wait for a retry)
+        self.cause = None  # why the output is failing now
         self.total_lost = 0  # events given up since start (each counted once)
         self.stated = 0  # events stated lost by loss records that were delivered
         self.records = 0  # loss records delivered
         self._last_record = None
         self._episode = None  # {"lost", "kinds", "first", "last_trouble", "failed_at"}
+
+    @property
+    def lost(self):
+        """Events given up and not yet stated in a delivered loss record."""
+        return sum(segment[0] for segment in self.segments)
 
     # -- counting ---------------------------------------------------------------------------------
 
@@ -52,16 +71,31 @@ class LossTracker:
         self.total_lost += count
         if self._episode is not None:
             self._episode["lost"] += count
-        self.restore(count, first_time, last_time, cause)
+        last = self.segments[-1] if self.segments else None
+        if last is not None and last[3] == cause:
+            last[0] += count
+            last[1], last[2] = min(last[1], first_time), max(last[2], last_time)
+        else:
+            self._keep([count, first_time, last_time, cause], at_end=True)
 
-    def restore(self, count, first_time, last_time, cause):
-        """A count already given up comes back to be stated (its loss record did not go out)."""
-        if count <= 0:
+    def restore(self, record, now):
+        """A loss record that could not be delivered gives its count back, to be stated again."""
+        count = record.get("lost", 0)
+        if not isinstance(count, int) or count <= 0:
             return
-        self.lost += count
-        self.first_time = first_time if self.first_time is None else min(self.first_time, first_time)
-        self.last_time = last_time if self.last_time is None else max(self.last_time, last_time)
-        self.cause = self.cause or cause
+        first = epoch_of(record.get("first_time"), now)
+        last = epoch_of(record.get("last_time"), now)
+        self._keep([count, first, last, record.get("cause")], at_end=False)
+
+    def _keep(self, segment, at_end):
+        if at_end:
+            self.segments.append(segment)
+        else:
+            self.segments.insert(0, segment)
+        if len(self.segments) > self.MAX_SEGMENTS:
+            older, newer = self.segments[0], self.segments.pop(1)
+            older[0] += newer[0]
+            older[1], older[2] = min(older[1], newer[1]), max(older[2], newer[2])
 
     def stated_by(self, count):
         """A loss record stating `count` events was delivered."""
@@ -71,31 +105,31 @@ class LossTracker:
     # -- loss records -----------------------------------------------------------------------------
 
     def due(self, now):
-        """True when a loss record should go out now."""
-        if not self.lost or self.failing:
+        """True when loss records should go out now."""
+        if not self.segments or self.failing:
             return False
         return self._last_record is None or now - self._last_record >= RECORD_EVERY
 
-    def take_record(self, config, now):
-        """The loss record for everything not yet stated (None if nothing is waiting)."""
-        if not self.lost:
-            return None
-        record = {
-            "v": FORMAT_VERSION,
-            "kind": "loss",
-            "time": iso_time(now),
-            "hostname": config.hostname,
-            "application": config.application,
-            "pid": config.pid,
-            "lost": self.lost,
-            "first_time": iso_time(self.first_time),
-            "last_time": iso_time(self.last_time),
-            "cause": self.cause,
-        }
-        self.lost, self.first_time, self.last_time, self.cause = 0, None, None, None
-        self._last_record = now
-        return record
-
+    def take_records(self, config, now):
+        """The loss records for everything not yet stated (one per segment), oldest first."""
+        segments, self.segments = self.segments, []
+        if segments:
+            self._last_record = now
+        return [
+            {
+                "v": FORMAT_VERSION,
+                "kind": "loss",
+                "time": iso_time(now),
+                "hostname": config.hostname,
+                "application": config.application,
+                "pid": config.pid,
+                "lost": count,
+                "first_time": iso_time(first),
+                "last_time": iso_time(last),
+                "cause": cause,
+            }
+            for count, first, last, cause in segments
+        ]
     # -- episodes (the server log) ----------------------------------------------------------------
 
     def trouble(self, kind, now, message, level="err"):
@@ -134,7 +168,7 @@ class LossTracker:
         episode = self._episode
         if episode is None or (self.failing and not force):
             return
-        if not force and (now - episode["last_trouble"] < EPISODE_QUIET or self.lost):
+        if not force and (now - episode["last_trouble"] < EPISODE_QUIET or self.segments):
             return
         self._episode = None
         if episode["lost"]:

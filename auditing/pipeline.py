@@ -378,14 +378,13 @@ class Pipeline:
         for when, event, parts in events:
             pending.append((when, serialize_parts(parts) if parts else serialize(event), 0))
         now = self.clock()
-        self._trim_pending(now)
-        if now < self._retry_at and not self._stopping:
-            return
-        self._write_pending(now)
+        if not (self.loss.failing and now < self._retry_at and not self._stopping):
+            self._write_pending(now)
+        if self.loss.failing:
+            self._trim_pending(now)  # only what a failing output holds counts against the cap
 
     def _queue_loss_record(self, now):
-        record = self.loss.take_record(self.config, now)
-        if record is not None:
+        for record in self.loss.take_records(self.config, now):
             self._pending.append((now, serialize(record), record["lost"]))
 
     def _trim_pending(self, now):
@@ -403,10 +402,10 @@ class Pipeline:
         for _ in range(overfull):
             self._give_up(*self._pending.popleft(), self.loss.cause or "sink unavailable")
 
-    def _give_up(self, when, _record, stated, cause):
+    def _give_up(self, when, record, stated, cause):
         """One pending record will never go: an event is lost; a loss record gives its count back."""
         if stated:
-            self.loss.restore(stated, when, when, cause)
+            self.loss.restore(orjson.loads(record), when)
         else:
             self.loss.add(1, when, when, cause)
 
@@ -452,7 +451,8 @@ class Pipeline:
                 self.delivered += 1
 
     def _sink_failed(self, cause, now):
-        self.loss.cause = self.loss.cause or cause
+        if not self.loss.failing:
+            self.loss.cause = cause
         self.loss.output_failed(
             now, f"audit output {self.config.callback_path} failed: {cause}; its records are "
             f"kept (up to AUDIT_QUEUE_SIZE={self.capacity}) and retried",
@@ -490,7 +490,7 @@ class Pipeline:
             self.loss.trouble("callback", now, f"audit callback {cause}; each failing call loses "
                               "its event (counted, stated in loss records)")
             if event.get("kind") == "loss":
-                self.loss.restore(event.get("lost", 0), when, when, cause)
+                self.loss.restore(event, now)
             else:
                 self.loss.add(1, when, when, cause)
             return
@@ -500,8 +500,7 @@ class Pipeline:
             self.delivered += 1
 
     def _call_loss_record(self, now):
-        record = self.loss.take_record(self.config, now)
-        if record is not None:
+        for record in self.loss.take_records(self.config, now):
             self._call(self._plain_record(now, record), now)
 
     # ---------------------------------------------------------------- control
@@ -566,8 +565,7 @@ class Pipeline:
             self.processed += len(batch)
             for when, event, parts in self._build(batch):
                 items.append((when, self._spill_bytes(event, parts), 0))
-        record = self.loss.take_record(self.config, self.clock())
-        if record is not None:
+        for record in self.loss.take_records(self.config, self.clock()):
             items.append((self.clock(), serialize(record), record["lost"]))
         if not items:
             self._forget_spills()
@@ -594,18 +592,24 @@ class Pipeline:
         self.loss.trouble("spill", now, f"audit: {cause}")
         for when, line, stated in items:
             self._give_up(when, line, stated, cause)
-        record = self.loss.take_record(self.config, now)
-        _log("err", f"{record['lost']} audit events were lost at stop between "
-             f"{record['first_time']} and {record['last_time']} ({cause})")
-        try:  # one attempt: the output may still take a short record
-            if self.sink is not None:
-                self.sink.write([serialize(record)])
-                self.sink.flush()
-                self.loss.stated_by(record["lost"])
-            else:
+        records = self.loss.take_records(self.config, now)
+        if not records:
+            return
+        _log("err", f"{sum(r['lost'] for r in records)} audit events were lost at stop between "
+             f"{records[0]['first_time']} and {records[-1]['last_time']} ({cause})")
+        if self.sink is None:
+            for record in records:
                 self._call(self._plain_record(now, record), now)
+            return
+        try:  # one attempt: the output may still take a few short records
+            self.sink.write([serialize(record) for record in records])
+            self.sink.flush()
         except Exception:
-            self.loss.restore(record["lost"], now, now, cause)
+            for record in records:
+                self.loss.restore(record, now)
+        else:
+            for record in records:
+                self.loss.stated_by(record["lost"])
 
     def stats(self):
         """Counters for admins; `accepted == delivered + lost + queued + retrying` (+ loss records).

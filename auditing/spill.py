@@ -13,7 +13,6 @@ The names match neither the trail's `audit_YYYY-MM-DD*.log` nor each other, so n
 log shipper reads a spill file as part of the trail.
 """
 
-import datetime
 import itertools
 import os
 import re
@@ -21,17 +20,11 @@ import time
 
 import orjson
 
+from .losses import epoch_of
+
 SPILL_RE = re.compile(r"audit-spill-\d{8}T\d{6}-\d+-\d+\.jsonl\Z")
 FILE_MODE = 0o600
 _counter = itertools.count(1)
-
-
-def epoch_of(iso_time, default):
-    """Epoch seconds of a record's `time` (`2026-11-27T07:40:12.123456Z`), or `default`."""
-    try:
-        return datetime.datetime.fromisoformat(iso_time.replace("Z", "+00:00")).timestamp()
-    except (AttributeError, TypeError, ValueError):
-        return default
 
 
 def write(directory, records):

@@ -224,6 +224,28 @@ class TestQueueOverload(FaultCase):
         self.assertLess(loss["last_time"], first["time"])  # they cover what came before the kept ones
 
 
+    def test_loss_record_given_up_keeps_its_own_count_time_range_and_cause(self):
+        sink = BrokenSink()
+        clock = FakeClock(1_790_000_000.0)
+        pipeline = self.pipeline(SinkOutput(sink), clock=clock, AUDIT_QUEUE_SIZE=10)
+        with mock.patch("auditing.pipeline._log"):
+            self.produce(pipeline, 30, clock)  # 20 given up by the full queue
+            sink.broken = True
+            pipeline.flush()  # the loss record waits with 10 events: 11 > 10, it is given up
+            self.produce(pipeline, 10, clock)
+            pipeline.flush()  # 10 more given up by the retry buffer, for the outage
+            sink.broken = False
+            clock.now += 10
+            pipeline.flush()
+        texts, stated = self.assertExact(sink.accepted)
+        self.assertEqual(texts, [f"say {n}" for n in range(30, 40)])
+        losses = [(r["lost"], r["cause"]) for r in sink.accepted if r["kind"] == "loss"]
+        self.assertEqual(losses, [(20, "queue full (AUDIT_QUEUE_SIZE=10)"), (10, "receiver down")])
+        by_text = {r["text"]: r["time"] for r in sink.accepted if r["kind"] == "io"}
+        queue_full = [r for r in sink.accepted if r["kind"] == "loss"][0]
+        self.assertLess(queue_full["last_time"], by_text["say 30"])
+
+
 # ---------------------------------------------------------------------------- failing callback
 
 
