@@ -36,6 +36,7 @@ from .event import RCV, capture
 from .pipeline import Pipeline
 from .sinkbase import SinkError
 from .testing import requires_servers
+from .tests import FlakyOutput, FlakySink
 from .trail import FILE_RE
 
 try:
@@ -73,26 +74,7 @@ class Recorder:
         self.arrivals.append(time.monotonic())
 
 
-class BrokenSink:
-    """A built-in sink that refuses everything while `broken` is set."""
-
-    def __init__(self):
-        self.broken = False
-        self.accepted = []
-
-    def write(self, records, times=None):
-        if self.broken:
-            raise SinkError("receiver down", 0)
-        self.accepted.extend(json.loads(record) for record in records)
-
-    def flush(self):
-        pass
-
-    def close(self):
-        pass
-
-
-class LossOnlySink(BrokenSink):
+class LossOnlySink(FlakySink):
     """Refuses every batch that holds anything but loss records (a receiver that takes short ones)."""
 
     def write(self, records, times=None):
@@ -101,15 +83,11 @@ class LossOnlySink(BrokenSink):
         super().write(records, times)
 
 
-class SinkOutput:
-    def __init__(self, sink):
-        self.sink = sink
-
-    def make_sink(self, config):
-        return self.sink
-
-    def __call__(self, event):  # pragma: no cover - the pipeline uses make_sink
-        raise AssertionError
+def sink_output(sink):
+    """An AUDIT_CALLBACK whose pipeline writes to `sink`."""
+    output = FlakyOutput()
+    output.sink = sink
+    return output
 
 
 def reconcile(records):
@@ -225,9 +203,9 @@ class TestQueueOverload(FaultCase):
 
 
     def test_loss_record_given_up_keeps_its_own_count_time_range_and_cause(self):
-        sink = BrokenSink()
+        sink = FlakySink()
         clock = FakeClock(1_790_000_000.0)
-        pipeline = self.pipeline(SinkOutput(sink), clock=clock, AUDIT_QUEUE_SIZE=10)
+        pipeline = self.pipeline(sink_output(sink), clock=clock, AUDIT_QUEUE_SIZE=10)
         with mock.patch("auditing.pipeline._log"):
             self.produce(pipeline, 30, clock)  # 20 given up by the full queue
             sink.broken = True
@@ -240,7 +218,7 @@ class TestQueueOverload(FaultCase):
         texts, stated = self.assertExact(sink.accepted)
         self.assertEqual(texts, [f"say {n}" for n in range(30, 40)])
         losses = [(r["lost"], r["cause"]) for r in sink.accepted if r["kind"] == "loss"]
-        self.assertEqual(losses, [(20, "queue full (AUDIT_QUEUE_SIZE=10)"), (10, "receiver down")])
+        self.assertEqual(losses, [(20, "queue full (AUDIT_QUEUE_SIZE=10)"), (10, "disk on fire")])
         by_text = {r["text"]: r["time"] for r in sink.accepted if r["kind"] == "io"}
         queue_full = [r for r in sink.accepted if r["kind"] == "loss"][0]
         self.assertLess(queue_full["last_time"], by_text["say 30"])
@@ -376,8 +354,8 @@ class TestBoundedStop(FaultCase):
         self.assertEqual(spill.find(self.directory), [])  # removed once delivered
 
     def test_sink_down_at_stop_spills_and_next_start_delivers_first(self):
-        sink = BrokenSink()
-        pipeline = self.pipeline(SinkOutput(sink), start=True, AUDIT_STOP_TIMEOUT=0.5)
+        sink = FlakySink()
+        pipeline = self.pipeline(sink_output(sink), start=True, AUDIT_STOP_TIMEOUT=0.5)
         with mock.patch("auditing.pipeline._log"):
             self.produce(pipeline, 50)
             self.assertTrue(pipeline.flush())
@@ -385,8 +363,8 @@ class TestBoundedStop(FaultCase):
             self.produce(pipeline, 50)
             pipeline.stop()
         self.assertEqual(len(spill.find(self.directory)), 1)
-        later = BrokenSink()
-        after = self.pipeline(SinkOutput(later), start=True)
+        later = FlakySink()
+        after = self.pipeline(sink_output(later), start=True)
         self.produce(after, 5)
         self.assertTrue(after.flush())
         texts, _stated = self.assertExact(sink.accepted + later.accepted)
@@ -398,7 +376,7 @@ class TestBoundedStop(FaultCase):
         blocker = os.path.join(self.directory, "not-a-dir")
         with open(blocker, "w"):
             pass
-        pipeline = self.pipeline(SinkOutput(sink), start=True, AUDIT_STOP_TIMEOUT=0.2,
+        pipeline = self.pipeline(sink_output(sink), start=True, AUDIT_STOP_TIMEOUT=0.2,
                                  AUDIT_LOG_DIR=blocker)
         with mock.patch("auditing.pipeline._log") as log:
             self.produce(pipeline, 20)

@@ -11,7 +11,10 @@ on a real `Pipeline`:
 3. writer thread CPU per event through `to_file` (the writer thread's own CPU clock,
    `pthread_getcpuclockid`), and end-to-end events/s, with 0 lost checked in the files;
 4. bounded stop: `--queued` events behind a callback sleeping 50 ms, `AUDIT_STOP_TIMEOUT` = 10 s: how
-   long `stop()` takes, the spill file's size, and how long the next start takes to deliver it.
+   long `stop()` takes, the spill file's size, and how long the next start takes to deliver it;
+5. for the writer-process design (issue 10 item 6, not built yet): what would stay in the game's
+   interpreter, i.e. turning captured tuples into plain tuples (the live objects' names looked up
+   once per change, cached per connection) and `marshal.dumps` of a 4,096-event batch, per event.
 
 Prints a markdown table (paste it into bench/results-*.md).
 """
@@ -111,6 +114,41 @@ def writer_cost(session, work, events):
     return cpu / events * 1e6, events / elapsed, stats["lost"], lines
 
 
+def compact_cost(session, events):
+    """µs/event to turn captures into plain tuples and marshal them in batches (design prototype)."""
+    import marshal
+
+    items = captures(session, events)
+    who_cache = {}
+
+    def who(item):
+        _when, _kind, _direction, sess, conn, _seq, account, puppet, room, _kwargs = item
+        key = (id(sess), id(account), id(puppet), id(room))
+        cached = who_cache.get(conn)
+        if cached is None or cached[0] != key:
+            names = (
+                getattr(account, "key", None), getattr(account, "id", None),
+                getattr(puppet, "key", None), getattr(puppet, "id", None),
+                getattr(room, "key", None), getattr(room, "id", None),
+                getattr(sess, "protocol_key", ""), str(getattr(sess, "address", "")),
+                getattr(sess, "sessid", None),
+            )
+            cached = who_cache[conn] = (key, len(who_cache), names)
+            return cached[1], names  # sent once per change
+        return cached[1], None
+
+    gc.collect()
+    started = time.perf_counter_ns()
+    size = 0
+    for start in range(0, events, 4096):
+        batch = []
+        for item in items[start:start + 4096]:
+            who_id, names = who(item)
+            batch.append((item[0], item[1], item[2], item[4], item[5], who_id, names, item[9]))
+        size += len(marshal.dumps(batch))
+    return (time.perf_counter_ns() - started) / events / 1000, size / events
+
+
 def bounded_stop(session, work, queued):
     """stop() with `queued` events behind a 50 ms callback; then the next start's delivery of the spill."""
     from auditing import spill
@@ -166,6 +204,7 @@ def main():
         per_event = memory_per_event(session, args.queued)
         cpu, rate, lost, lines = writer_cost(session, work, args.events)
         stop_took, spilled, size, next_took, total = bounded_stop(session, work, args.queued)
+        compact_us, compact_bytes = compact_cost(session, args.events)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"| delivery figure (Python {sys.version.split()[0]}) | value |")
@@ -179,6 +218,8 @@ def main():
           f"AUDIT_STOP_TIMEOUT=10 | {stop_took:.1f} s; {spilled:,} records spilled ({size / 1e6:.1f} MB) |")
     print(f"| next start: spill delivered to the callback | {next_took:.1f} s; "
           f"{total:,} of {args.queued:,} delivered in all |")
+    print(f"| design prototype: plain tuple + marshal per event (what would stay in-process) | "
+          f"{compact_us:.2f} µs/event, {compact_bytes:.0f} bytes/event |")
 
 
 if __name__ == "__main__":
