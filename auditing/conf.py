@@ -28,7 +28,8 @@ Settings (all optional except `SERVER_SESSION_CLASS`, which switches auditing on
         Seconds between writer flushes; a hard crash loses at most this much.
     AUDIT_STOP_TIMEOUT = 10.0
         Seconds `evennia stop`/`reload`/`reboot` waits for the output to take what is queued (plus up
-        to 6 s for a write or callback call already running then). What is left is written to a spill
+        to 6 s for a write or callback call already running then, and about 2 s per 100,000 events
+        left to build for the spill file). What is left is written to a spill
         file `audit-spill-*.jsonl` in AUDIT_LOG_DIR that the next start delivers first, or, if that
         cannot be written, stated lost in a loss record (see `auditing.spill`).
     AUDIT_LOG_DIR = settings.LOG_DIR

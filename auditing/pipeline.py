@@ -46,6 +46,7 @@ _WAKE_AT = 2048  # queued events that wake the writer before its interval is up
 _STOP_GRACE = 6.0  # seconds more for a write already in progress at the stop deadline
 _ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS
 _OBJECT_KEYS = ("session", "account", "character", "room")
+_CALLBACK_LIMITS = "custom callback: delivered = the callback returned without raising"
 
 
 def _log(level, message):
@@ -633,7 +634,7 @@ class Pipeline:
             "build_errors": self.build_errors,
             "spilled": self.spilled,
             "from_spill": self.from_spill,
-            "output_limits": getattr(self.sink, "limits", None),
+            "output_limits": getattr(self.sink, "limits", _CALLBACK_LIMITS),
             "output_stats": _sink_stats(self.sink),
         }
 
