@@ -31,6 +31,12 @@ Settings (all optional except `SERVER_SESSION_CLASS`, which switches auditing on
         Events held in memory between the game thread and the writer before new ones are counted lost.
     AUDIT_FLUSH_INTERVAL = 0.25
         Seconds between writer flushes; a hard crash loses at most this much.
+    AUDIT_STOP_TIMEOUT = 10.0
+        Seconds `evennia stop`/`reload`/`reboot` waits for the output to take what is queued (plus up
+        to 6 s for a write or callback call already running then, and about 2 s per 100,000 events
+        left to build for the spill file). What is left is written to a spill
+        file `audit-spill-*.jsonl` in AUDIT_LOG_DIR that the next start delivers first, or, if that
+        cannot be written, stated lost in a loss record (see `auditing.spill`).
     AUDIT_LOG_DIR = settings.LOG_DIR
         Directory of the file sink's `audit_YYYY-MM-DD.log` files.
     AUDIT_FILE_MAX_BYTES = 0
@@ -39,8 +45,9 @@ Settings (all optional except `SERVER_SESSION_CLASS`, which switches auditing on
         Who may use the in-game `audit` command (`auditing.commands.CmdAudit`).
     AUDIT_SYSLOG = {}
         Syslog sink options: `address` (None: local syslog socket `/dev/log`; a path; or
-        `("host", port)`), `transport` ("unix", "udp" or "tcp"), `facility` ("user", "local0", ...),
-        `app_name` ("evennia-audit").
+        `("host", port)`), `transport` ("unix" for a path; "tcp" (default) or "udp" for
+        `(host, port)`: UDP cannot report a record lost on the way, see `auditing.syslog`),
+        `facility` ("user", "local0", ...), `app_name` ("evennia-audit").
 """
 
 import dataclasses
@@ -67,6 +74,7 @@ DEFAULTS = {
     "AUDIT_PROMPT_MASKS": [],
     "AUDIT_QUEUE_SIZE": 100_000,
     "AUDIT_FLUSH_INTERVAL": 0.25,
+    "AUDIT_STOP_TIMEOUT": 10.0,
     "AUDIT_LOG_DIR": None,
     "AUDIT_FILE_MAX_BYTES": 0,
     "AUDIT_SYSLOG": {},
@@ -116,6 +124,7 @@ class AuditConfig:
     application: str
     version: str
     pid: int
+    stop_timeout: float = 10.0
 
 
 def command_lock():
@@ -260,7 +269,7 @@ def _syslog_options():
         and isinstance(address[0], str)
         and isinstance(address[1], int)
     ):
-        transport = transport or "udp"
+        transport = transport or "tcp"  # UDP loses records without a word; say "udp" to accept it
         if transport not in ("udp", "tcp"):
             _fail("AUDIT_SYSLOG", value, "a (host, port) address needs transport 'udp' or 'tcp'")
         address = (address[0], address[1])
@@ -302,6 +311,7 @@ def load():
         ),
         queue_size=_number("AUDIT_QUEUE_SIZE", int, 1),
         flush_interval=float(_number("AUDIT_FLUSH_INTERVAL", (int, float), 0.001)),
+        stop_timeout=float(_number("AUDIT_STOP_TIMEOUT", (int, float), 0)),
         log_dir=os.fspath(log_dir),
         file_max_bytes=_number("AUDIT_FILE_MAX_BYTES", int, 0),
         syslog=_syslog_options(),

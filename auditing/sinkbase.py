@@ -5,8 +5,23 @@ A sink turns serialised records (one JSON document each, as `bytes`, no trailing
 durable output. The pipeline calls `write(records)` with a batch, in order, from its writer thread
 only, then `flush()`. A sink that cannot deliver raises `SinkError`, saying how many records from the
 start of the batch it did deliver; the pipeline keeps the rest, retries them, and counts what it has to
-give up as lost (see `auditing.pipeline`). `close()` is called once, at shutdown.
+give up as lost (see `auditing.pipeline`). `close()` is called once, at shutdown. A sink may also
+offer `take_losses()`, `stats()` and `limits` (see `Sink`).
 """
+
+
+def report(level, message):
+    """One line in Evennia's server log ("err", "warn" or "info"); stderr outside a server."""
+    try:
+        from evennia.utils import logger
+
+        {"err": logger.log_err, "warn": logger.log_warn, "info": logger.log_info}[level](
+            f"auditing: {message}"
+        )
+    except Exception:
+        import sys
+
+        print(f"auditing: {message}", file=sys.stderr)
 
 
 class SinkError(Exception):
@@ -39,3 +54,9 @@ class Sink:
     def close(self):
         """Flush and release files or sockets."""
         self.flush()
+
+    # Optional (the pipeline uses them when present; a wrapping sink should pass them on):
+    #   take_losses() -> [(count, first_time, last_time, cause)]: records the sink found lost on its
+    #       own (the file sink: a record cut by a crash), called by the writer thread at start.
+    #   stats() -> dict: the sink's own counters, shown in `Pipeline.stats()["output_stats"]`.
+    #   limits (str): what "delivered" cannot promise for this output, in `stats()["output_limits"]`.

@@ -55,7 +55,7 @@ def syslog_sink(
     Args:
         address (str or tuple or None): None for the local syslog socket `/dev/log`, a unix datagram
             socket path, or `(host, port)`.
-        transport (str or None): "unix" for a path, "udp" (default) or "tcp" for `(host, port)`.
+        transport (str or None): "unix" for a path, "tcp" (default) or "udp" for `(host, port)`.
         facility (str): A key of `FACILITIES`.
         app_name (str): APP-NAME (the program name / tag) of every message.
         hostname (str or None): HOSTNAME of RFC 5424 messages (default: `socket.gethostname()`).
@@ -91,8 +91,23 @@ class SyslogSink(Sink):
           records sent since the server last read.
         - TCP: after a failure in the middle of a message the connection is dropped; the server may log
           that message truncated (the whole record is still reported undelivered and sent again).
-        - UDP: a datagram sent while the server is down is lost; the ICMP error only fails a later send.
+        - UDP: a datagram sent while the server is down is lost; the ICMP "port unreachable" only
+          fails a later send. The sink reads that error right after each datagram's successor and
+          after each batch (`SO_ERROR`), and reports the refused datagram and everything after it as
+          undelivered, so they are retried. On this host the ICMP error is there before `send`
+          returns, which makes this exact; to a remote host the error may come late or never
+          (filtered ICMP, a lost datagram, a full receive buffer), and that loss is unknowable. Hence
+          `limits` (shown in `stats()["output_limits"]`) and the TCP default for `(host, port)`.
     """
+
+    LIMITS = {
+        "unix": "unix socket: delivered = taken by the local daemon's socket (a stopped daemon is an "
+        "error; nothing is lost unseen)",
+        "udp": "udp: loss is unknowable beyond ICMP errors; to this host a stopped receiver is "
+        "detected and retried, to a remote host a datagram lost on the way is counted delivered",
+        "tcp": "tcp: delivered = accepted by the kernel; the last batch is sent again when the "
+        "server closed the connection (a possible duplicate, same conn and seq, never a silent loss)",
+    }
 
     def __init__(
         self,
@@ -113,7 +128,7 @@ class SyslogSink(Sink):
             self.where = f"unix:{address}"
         elif isinstance(address, (tuple, list)) and len(address) == 2:
             address = (str(address[0]), int(address[1]))
-            transport = transport or "udp"
+            transport = transport or "tcp"  # UDP loses records without a word
             if transport not in ("udp", "tcp"):
                 raise ValueError(
                     f"a (host, port) address needs transport 'udp' or 'tcp', not {transport!r}"
@@ -125,6 +140,7 @@ class SyslogSink(Sink):
             )
         self.address = address
         self.transport = transport
+        self.limits = self.LIMITS[transport]
         self.timeout = timeout
         self._pri = FACILITIES[facility] * 8 + SEVERITY_INFO
         self._app = _printable(app_name, 48, extra=":[]" if transport == "unix" else "")
@@ -208,6 +224,16 @@ class SyslogSink(Sink):
         try:
             for index in range(start, len(records)):
                 send(head + records[index])
+            index = len(records)
+            if self.transport == "udp":
+                refused = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if refused:
+                    raise OSError(refused, os.strerror(refused))
+        except OSError as error:
+            # An ICMP error reports the datagram sent before it: that one did not arrive either.
+            refused = self.transport == "udp" and error.errno == errno.ECONNREFUSED
+            self._sent = max(start, index - 1) if refused else index
+            raise
         except BaseException:
             self._sent = index
             raise

@@ -731,9 +731,9 @@ class DeliveryTest(unittest.TestCase):
                             for g in gaps), "the outage lost nothing: the buffer did not overflow")
         burst_log = self.server_log_since(window["burst_offset"])
         self.assertEqual(burst_log.count("audit queue full (AUDIT_QUEUE_SIZE=50)"), 1)
-        for record in losses:
-            self.assertIn(f"{record['lost']} audit events were lost between "
-                          f"{record['first_time']} and {record['last_time']}", burst_log)
+        # a few lines per episode (what went wrong, recovery, the count), not one per loss record
+        said = [line for line in burst_log.splitlines() if "auditing:" in line]
+        self.assertLessEqual(len(said), 6, said)
 
     # ------------------------------------------------------------------ 5, 6: syslog
     def _rsyslog(self):
@@ -825,12 +825,13 @@ class DeliveryTest(unittest.TestCase):
         self.assertTrue(mine)
         for player in players:
             self._syslog_meta_checks(server, records, player, "imtcp")
-        # each restart was seen as one outage (ECONNREFUSED), logged once, and recovered
+        # the restarts were seen (ECONNREFUSED), logged once per episode (restarts less than
+        # EPISODE_QUIET apart are one episode), and each episode's recovery said once
         lines = self.server_log_since(offset).splitlines()
         failed = [line for line in lines if SYSLOG_FAILED_LINE in line]
-        self.assertEqual(len(failed), len(restarts), failed)
+        self.assertTrue(1 <= len(failed) <= len(restarts), failed)
         self.assertIn("Connection refused", failed[0])
-        self.assertEqual(sum("to_syslog works again" in line for line in lines), len(restarts))
+        self.assertEqual(sum("to_syslog works again" in line for line in lines), len(failed))
 
     def test_6_syslog_udp_and_unix_through_the_pipeline(self):
         server = self._rsyslog()
