@@ -227,8 +227,8 @@ class _Table:
         text = for_terminal(render.describe(record, wide=self.wide, skip=("account", "character", "room"),
                                             with_kind=False),
                             one_line=True)
-        if self.wide:
-            return row + " " + text
+        if self.wide or kind != "io":
+            return row + " " + text  # lifecycle details are short and never cut
         return row + " " + _fit(text, max(self.columns - len(row) - 1, 20))
 
 

@@ -55,7 +55,6 @@ except ImportError:  # pragma: no cover - older layouts
 
 UTC = datetime.timezone.utc
 CHUNK = 1 << 20  # bytes read per block
-MAX_NEEDLE_ALTERNATIVES = 16  # beyond this many alternatives, one pass per needle costs more than parsing
 FILE_RE = re.compile(
     r"audit_(?P<day>\d{4}-\d{2}-\d{2})(?:\.(?P<part>\d+))?\.log"
     r"(?:\.(?P<rotated>\d+)|-(?P<dateext>\d{8}(?:\d{2})?(?:-\d+)?))?(?P<gz>\.gz)?\Z"
@@ -181,13 +180,18 @@ _SAFE = frozenset(chr(c) for c in range(0x20, 0x7F)) - {'"', "\\", "/"}
 _UNICODE_FOLDING = frozenset("iIkKsS")
 
 
-def _conn_needle(conn):
-    return Needle(b'"' + conn.encode() + b'"')
-
-
-def _needles_ok(conns):
-    """A few connection ids, each usable as a needle (beyond that, parsing is cheaper)."""
-    return 0 < len(conns) <= MAX_NEEDLE_ALTERNATIVES and all(_needle_ok(conn) for conn in conns)
+def _conns_needle(conns):
+    """One needle for a set of connection ids: the line holds `"<one of them>"`. None if one of them
+    cannot be a needle. Their common prefix is literal, so the regex engine skips ahead to it."""
+    if not conns or not all(_needle_ok(conn) for conn in conns):
+        return None
+    if len(conns) == 1:
+        (conn,) = conns
+        return Needle(b'"' + conn.encode() + b'"')
+    prefix = os.path.commonprefix(sorted(conns))
+    rests = b"|".join(re.escape(conn[len(prefix):].encode()) for conn in sorted(conns, key=len, reverse=True))
+    pattern = re.compile(re.escape(b'"' + prefix.encode()) + b"(?:" + rests + b')"')
+    return Needle(b'"' + prefix.encode(), pattern=pattern)
 
 
 def _is_glob(text):
@@ -205,6 +209,7 @@ class Needle:
     data: bytes
     fold: bool = False
     selective: bool = True  # rare enough to jump from hit to hit
+    pattern: object = None  # one of several strings (a compiled bytes regex); `data` is their common prefix
 
     def __post_init__(self):
         if self.fold and self.data.lower() == self.data.upper():
@@ -425,18 +430,16 @@ class Filter:
 
     def needle_groups(self):
         """Alternatives: a line can match only if it holds every needle of one group."""
-        conns = self.conn
+        conns = self.conn if isinstance(self.conn, frozenset) else None
         if self.account_conns:
             # The account's name, or one of its connections (its records from before the login).
-            base = self.needles(with_account=False)
-            account = _name_needle(self.account)
-            if account is None or isinstance(conns, frozenset) or not _needles_ok(self.account_conns):
-                return [base]
-            return [base + [account]] + [base + [_conn_needle(conn)] for conn in sorted(self.account_conns)]
-        base = self.needles()
-        if isinstance(conns, frozenset) and _needles_ok(conns):
-            return [base + [_conn_needle(conn)] for conn in sorted(conns)]
-        return [base]
+            base = self.needles(with_account=False) + ([_conns_needle(conns)] if conns else [])
+            account, before_login = _name_needle(self.account), _conns_needle(self.account_conns)
+            if account is None or before_login is None or None in base:
+                return [[n for n in base if n is not None]]
+            return [base + [account], base + [before_login]]
+        needle = _conns_needle(conns) if conns else None
+        return [self.needles() + ([needle] if needle else [])]
 
     def day_range(self):
         """(first day, last day) of files that can hold matches; None for an open end."""
@@ -738,14 +741,13 @@ class Reader:
                 hay = lowered
             else:
                 hay = buf
-            needle = primary.data
-            find = hay.find
-            pos = find(needle, 0, cut)
+            find = _finder(primary, hay)
+            pos = find(0, cut)
             while pos != -1:
                 start = buf.rfind(b"\n", 0, pos) + 1
                 end = buf.find(b"\n", pos)
                 starts[start] = end
-                pos = find(needle, end + 1, cut)
+                pos = find(end + 1, cut)
         if not starts:
             return buf.count(b"\n", 0, cut)
         order = sorted(starts) if len(groups) > 1 else list(starts)
@@ -764,11 +766,28 @@ class Reader:
         return number - base - 1 + buf.count(b"\n", previous, cut)
 
 
+def _finder(needle, hay):
+    """find(start, stop) -> the position of the needle in hay[start:stop], or -1."""
+    if needle.pattern is None:
+        data, find = needle.data, hay.find
+        return lambda start, stop: find(data, start, stop)
+    search = needle.pattern.search
+
+    def find_one_of(start, stop):
+        match = search(hay, start, stop)
+        return -1 if match is None else match.start()
+
+    return find_one_of
+
+
 def _line_may_match(line, groups):
     lowered = None
     for group in groups:
         for needle in group:
-            if needle.fold:
+            if needle.pattern is not None:
+                if needle.pattern.search(line) is None:
+                    break
+            elif needle.fold:
                 if lowered is None:
                     lowered = line.lower()
                 if needle.data not in lowered:
@@ -952,7 +971,10 @@ class Follower:
         """The matching records written since the last poll: a list of (record, line)."""
         out = []
         seen = set()
-        for trail_file, identity, size in self._files():
+        files = self._files()
+        copies = [(f, identity, size) for f, identity, size in files
+                  if identity not in self.known and not f.current]
+        for trail_file, identity, size in files:
             seen.add(identity)
             state = self.known.get(identity)
             if state is None:
@@ -961,13 +983,23 @@ class Follower:
                 state = self.known[identity] = [0, b"", trail_file.path]
             state[2] = trail_file.path
             if size < state[0]:
-                state[0], state[1] = 0, b""  # truncated in place (copytruncate)
+                # Truncated in place (copytruncate): what was added since the last poll is in the
+                # copy, past the offset we had reached.
+                out.extend(self._rest_of_copy(trail_file, state, copies))
+                state[0], state[1] = 0, b""
             if size > state[0]:
                 out.extend(self._read(trail_file.path, state))
         for identity in list(self.known):
             if identity not in seen:
                 del self.known[identity]  # deleted, or compressed away
         return out
+
+    def _rest_of_copy(self, trail_file, state, copies):
+        for copy, identity, size in copies:
+            if copy.day == trail_file.day and size >= state[0]:
+                self.known[identity] = [state[0], state[1], copy.path]
+                return self._read(copy.path, self.known[identity])
+        return []
 
     def _read(self, path, state):
         try:
