@@ -32,7 +32,7 @@ LEGEND = "> typed by the player, < shown by the game, *** connection event, !!! 
 ENVELOPE = ("v", "time", "kind", "hostname", "application", "version", "pid", "session", "conn", "seq",
             "direction", "text", "data", "legacy")
 # Shown first, in this order, when present; any other field follows in name order.
-DETAIL_ORDER = ("tried_account", "created_account", "target", "mode", "account", "character", "room",
+DETAIL_ORDER = ("tried_account", "created_account", "target", "mode", "account", "character", "puppet", "room",
                 "protocol", "ip", "reason", "cause", "lost", "first_time", "last_time", "masked", "bytes")
 
 # ---------------------------------------------------------------- inert text
