@@ -1109,6 +1109,55 @@ class FollowTests(unittest.TestCase):
         self.assertEqual([r["text"] for r in map(orjson.loads, out.splitlines())], ["line 0"])
 
 
+# The README's logrotate recipe (docs/readme-cli.md), with the log directory filled in.
+LOGROTATE_RECIPE = """\
+{dir}/audit_*.log {{
+    daily
+    rotate 400
+    missingok
+    notifempty
+    nocreate
+    compress
+    delaycompress
+}}
+"""
+
+
+@unittest.skipUnless(shutil.which("logrotate") or os.path.exists("/usr/sbin/logrotate"), "logrotate not installed")
+class RealLogrotateTests(unittest.TestCase):
+    """The README's recipe, run by the real logrotate (forced) while the sink writes: the CLI, and a
+    follower started before the rotations, see every record exactly once."""
+
+    def test_recipe_keeps_the_cli_complete(self):
+        import subprocess
+        tmp = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, tmp)
+        directory = os.path.join(tmp, "logs")
+        os.makedirs(directory, mode=0o700)
+        conf = os.path.join(tmp, "audit.logrotate")
+        with open(conf, "w") as handle:
+            handle.write(LOGROTATE_RECIPE.format(dir=directory))
+        command = [shutil.which("logrotate") or "/usr/sbin/logrotate", "-f", "-s", os.path.join(tmp, "state"), conf]
+        records = _records(60, start=_t(26, "23:59:30.000000"))  # two days
+        sink = FileSink(directory)
+        self.addCleanup(sink.close)
+        follower = trail.Follower(directory)
+        followed = []
+        for batch in range(3):
+            _sink_write(sink, records[batch * 20:(batch + 1) * 20])
+            followed += [r for r, _line in follower.poll()]
+            if batch < 2:
+                result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+                self.assertEqual(result.returncode, 0, result.stderr)
+                followed += [r for r, _line in follower.poll()]
+        self.assertEqual(sorted(os.listdir(directory)), ["audit_2026-11-26.log.1", "audit_2026-11-26.log.2.gz",
+                                                         "audit_2026-11-27.log", "audit_2026-11-27.log.1"])
+        self.assertEqual(list(trail.read(directory)), records)
+        status, out, err = run("search", "--dir", directory, "--count")
+        self.assertEqual((status, out, err), (0, "60\n", ""))
+        self.assertEqual(followed, records)
+
+
 class ModuleEntryPointTests(unittest.TestCase):
     def test_python_dash_m(self):
         import subprocess
