@@ -14,6 +14,7 @@ from unittest import mock
 
 import evennia
 from django.test import override_settings
+from evennia.server import sessionhandler
 from evennia.utils.test_resources import EvenniaTest
 from twisted.internet import defer, threads
 
@@ -37,6 +38,11 @@ class CommandTestCase(EvenniaTest):
         override.enable()
         self.addCleanup(override.disable)
         patcher = mock.patch.object(evennia.SESSION_HANDLER, "call_inputfuncs")  # the trail, not the game
+        patcher.start()
+        self.addCleanup(patcher.stop)
+        # Under Evennia's default test settings SERVER_SESSION_CLASS is not ours: the sessions the
+        # handler builds here are audited ones whatever the settings say.
+        patcher = mock.patch.object(sessionhandler, "_ServerSession", AuditedServerSession)
         patcher.start()
         self.addCleanup(patcher.stop)
         self.threads = []
