@@ -134,6 +134,21 @@ class InertTests(unittest.TestCase):
         self.assertIn("||lcquit", lines[1])
 
 
+class DemoTests(unittest.TestCase):
+    def test_demo_uses_the_same_description_and_legend(self):
+        from auditing import demo
+
+        line = demo.format_record({"kind": "io", "direction": "RCV", "time": "2026-11-27T07:40:12.123456Z",
+                                   "account": "bob#1", "protocol": "telnet", "text": "say \x1b]0;x\x07"})
+        self.assertIn("> RCV", line)
+        self.assertIn("say ^[]0;x^G", line)
+        self.assertIsNone(RAW_CONTROL.search(line))
+        line = demo.format_record({"kind": "account_created", "time": "2026-11-27T07:40:12.123456Z",
+                                   "created_account": "eve#3"})
+        self.assertIn("*** ACCOUNT_CREATED", line)
+        self.assertIn("created_account=eve#3", line)
+
+
 class MarkupTests(unittest.TestCase):
     def test_matches_evennia(self):
         try:
