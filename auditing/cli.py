@@ -149,14 +149,22 @@ def _make_filter(args, **overrides):
 
 def _account_filter(args, **overrides):
     """The filter of the command line; with --account, also that account's records from before its
-    login (a first pass finds its connections)."""
+    login (a first pass finds its connections). Following, an empty directory is fine: files come."""
     conns = None
-    if getattr(args, "account", None):
+    following = getattr(args, "follow", False)
+    if getattr(args, "account", None) and not (following and not _has_files(args.dir)):
         _check_trail(args.dir)
         problems = _Problems(sys.stderr)
         conns = trail.account_connections(args.dir, args.account, since=args.since, until=args.until,
                                           on_problem=problems)
     return _make_filter(args, account_conns=conns, **overrides)
+
+
+def _has_files(directory):
+    try:
+        return bool(trail.list_files(directory)[0])
+    except TrailError:
+        return False
 
 
 def _check_trail(directory):
@@ -272,7 +280,9 @@ def _follow(args):
     flt = _account_filter(args)
     problems = _Problems(sys.stderr)
     since = args.since is not None
-    follower = trail.Follower(args.dir, flt, on_problem=problems, from_start=since)
+    watch = _AccountWatch(args, flt.account_conns) if args.account else None
+    follower = trail.Follower(args.dir, flt if watch is None else Filter(since=args.since), on_problem=problems,
+                              from_start=since)
     out = sys.stdout
     table = None if args.json else _Table(args.wide)
     if table is not None:
@@ -294,15 +304,57 @@ def _follow(args):
         out.flush()
         return False
 
-    if since and trail.list_files(args.dir)[0]:
+    if since and _has_files(args.dir):
         # History: the rotated and compressed files; the current ones are read by the follower.
         history = Reader(args.dir, flt, on_problem=problems, select=lambda f: not f.current)
         if emit(history):
             return EXIT_MATCHED
     while True:
-        if emit(follower.poll()):
+        batch = follower.poll()
+        if emit(batch if watch is None else [shown for item in batch for shown in watch(*item)]):
             return EXIT_MATCHED
         time.sleep(args.interval)
+
+
+class _AccountWatch:
+    """`--follow --account`: which new records to show, learning the account's connections as they
+    log in. A connection's records from before its login are held (bounded) until it logs in as the
+    account, then shown first; a connection that ends without doing so is forgotten."""
+
+    MAX_HELD_CONNECTIONS = 1000
+    MAX_HELD_RECORDS = 200  # per connection
+
+    def __init__(self, args, conns):
+        self.name = trail.name_matcher(args.account)
+        self.rest = _make_filter(args, account=None)  # every other criterion
+        self.conns = set(conns or ())
+        self.held = collections.OrderedDict()  # conn -> deque of (record, line)
+
+    def __call__(self, record, line):
+        """The (record, line) pairs to show now, for one new record."""
+        conn, account = record.get("conn"), record.get("account")
+        shown = []
+        if account and self.name(account) and conn:
+            self.conns.add(conn)
+            shown = [item for item in self.held.pop(conn, ()) if self.rest.matches(item[0])]
+        elif not account and conn and conn not in self.conns:
+            if record.get("kind") == "disconnect":
+                self.held.pop(conn, None)
+            else:
+                self._hold(conn, record, line)
+        mine = (account and self.name(account)) or self.name(trail.field(record, "tried_account")) or (
+            not account and conn in self.conns)
+        if mine and self.rest.matches(record):
+            shown.append((record, line))
+        return shown
+
+    def _hold(self, conn, record, line):
+        held = self.held.get(conn)
+        if held is None:
+            held = self.held[conn] = collections.deque(maxlen=self.MAX_HELD_RECORDS)
+            if len(self.held) > self.MAX_HELD_CONNECTIONS:
+                self.held.popitem(last=False)  # the oldest connection still not logged in
+        held.append((record, line))
 
 
 # ---------------------------------------------------------------- transcripts (replay, export)

@@ -1085,6 +1085,37 @@ class FollowTests(unittest.TestCase):
         _sink_write(self.sink, _records(5))
         self.assertEqual(self.texts(follower), ["line 1", "line 3"])
 
+    def test_follow_account_shows_a_new_connections_records_from_before_its_login(self):
+        import threading
+        import time
+        base = {"v": 1, "ip": "10.0.0.1"}
+
+        def connection(conn, account, start):
+            rows = [dict(base, kind="connect", conn=conn), dict(base, kind="io", direction="RCV", conn=conn,
+                                                                text=f"connect {account} ********"),
+                    dict(base, kind="login", conn=conn, account=account),
+                    dict(base, kind="io", direction="RCV", conn=conn, account=account, text="look"),
+                    dict(base, kind="disconnect", conn=conn, reason="quit")]
+            for n, row in enumerate(rows):
+                row["time"] = _t(27, f"{start}:0{n}.000000")
+            return rows
+
+        def later():
+            time.sleep(0.3)
+            _sink_write(self.sink, connection("c-alice", "alice#2", "09:00"))
+            _sink_write(self.sink, connection("c-bob", "bob#1", "09:01"))
+
+        writer = threading.Thread(target=later)
+        writer.start()
+        status, out, err = run("search", "--dir", self.dir, "--follow", "--json", "--interval", "0.05",
+                               "--limit", "5", "--account", "bob")
+        writer.join()
+        self.assertEqual(status, 0, err)
+        shown = [orjson.loads(line) for line in out.splitlines()]
+        self.assertEqual([(r["conn"], r["kind"]) for r in shown],
+                         [("c-bob", "connect"), ("c-bob", "io"), ("c-bob", "login"), ("c-bob", "io"),
+                          ("c-bob", "disconnect")])
+
     def test_search_follow_end_to_end(self):
         import threading
         _sink_write(self.sink, _records(2, conn="old"))
