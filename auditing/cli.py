@@ -70,6 +70,9 @@ EXIT_MATCHED, EXIT_NONE, EXIT_ERROR = 0, 1, 2
 class NoTrail(TrailError):
     """The directory holds no audit file (grep's "file not found": exit status 2)."""
 
+    def __init__(self, directory):
+        super().__init__(f"no audit files (audit_YYYY-MM-DD*.log[.gz]) in {directory}")
+
 
 def default_dir():
     return os.path.join("server", "logs") if os.path.isdir(os.path.join("server", "logs")) else "."
@@ -170,7 +173,7 @@ def _has_files(directory):
 def _check_trail(directory):
     """Raise NoTrail when `directory` holds no audit file (TrailError when it is missing)."""
     if not trail.list_files(directory)[0]:
-        raise NoTrail(f"no audit files (audit_YYYY-MM-DD*.log[.gz]) in {directory}")
+        raise NoTrail(directory)
 
 
 def _open_reader(args, flt, quiet=False, **options):
@@ -181,7 +184,7 @@ def _open_reader(args, flt, quiet=False, **options):
     problems = _Problems(sys.stderr)
     reader = Reader(args.dir, flt, on_problem=None if quiet else problems, **options)
     if not reader.all_files:
-        raise NoTrail(f"no audit files (audit_YYYY-MM-DD*.log[.gz]) in {args.dir}")
+        raise NoTrail(args.dir)
     if quiet:
         return reader, problems, _Progress(sys.stderr, reader.bytes_total)
     for name in reader.duplicates:
@@ -227,10 +230,9 @@ class _Table:
     def row(self, record):
         kind = record.get("kind", "io")
         label = MARKERS[render.style(record)].strip() + " " + str(record.get("direction", "io")) if kind == "io" else kind
-        cells = [render.short_time(trail.record_time(record)), record.get("conn", ""), label,
-                 record.get("account", ""), record.get("character", ""), record.get("room", "")]
-        cells = [for_terminal(cell if type(cell) is str else orjson.dumps(cell).decode(), one_line=True)
-                 for cell in cells]
+        cells = [render.short_time(trail.record_time(record)), record.get("conn"), label,
+                 record.get("account"), record.get("character"), record.get("room")]
+        cells = [_cell(cell if cell is not None else "") for cell in cells]
         row = " ".join(cell.ljust(width) for cell, width in zip(cells, self.widths))
         text = for_terminal(render.describe(record, wide=self.wide, skip=("account", "character", "room"),
                                             with_kind=False),
@@ -674,7 +676,8 @@ def compute_stats(reader, top=10):
 
 def _cell(value):
     """A value from the trail for one cell of a report: inert, on one line."""
-    return for_terminal(value if isinstance(value, str) else str(value), one_line=True)
+    return for_terminal(value if isinstance(value, str) else orjson.dumps(value, default=str).decode(),
+                        one_line=True)
 
 
 def cmd_stats(args):

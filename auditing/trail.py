@@ -28,6 +28,11 @@ ASCII other than `"`, `\\` and `/` is never escaped), so a line that lacks `"bob
 the account bob. The filter asks for such needles (`Filter.needles()`); when all of them are selective
 the reader jumps from hit to hit in each block (`bytes.find`) instead of looking at every line.
 
+Besides `Reader`: `account_connections` (the connections an account logged in on, for its records from
+before the login), `newest` (the last N matches, newest day first, within a time budget: the in-game
+command), `sessions` (records grouped into one `Session` per connection) and `Follower` (new records
+as they are written, `tail -F` style).
+
 Malformed lines (not JSON, not an object, a last line cut off by a crash) are reported with file and line
 number, skipped and counted; they never stop the scan. Lines that the prefilter rules out are not parsed,
 so they are not checked either: the count is complete when nothing is filtered (`stats`, plain `search`).
