@@ -30,7 +30,7 @@ LEGEND = "> typed by the player, < shown by the game, *** connection event, !!! 
 
 # Fields every record carries; shown only in the wide view.
 ENVELOPE = ("v", "time", "kind", "hostname", "application", "version", "pid", "session", "conn", "seq",
-            "direction", "text", "data", "legacy")
+            "direction", "text", "data", "legacy", "origin")
 # Shown first, in this order, when present; any other field follows in name order.
 DETAIL_ORDER = ("tried_account", "created_account", "target", "mode", "account", "character", "puppet", "room",
                 "protocol", "ip", "reason", "cause", "lost", "first_time", "last_time", "masked", "bytes")
@@ -257,6 +257,8 @@ def describe(record, wide=False, skip=(), with_kind=True):
         text = _io_text(record)
         if record.get("direction") != "RCV":
             text = markup(text, color=False)
+        elif record.get("origin") == "server":
+            text += " (sent by the server)"  # Evennia's own input to a new connection, not typed
         extra = fields(record, wide, skip) if wide else []
         if wide and record.get("data") and record.get("text"):
             extra.append(("data", record["data"]))

@@ -10,6 +10,7 @@ import re
 import shutil
 import tempfile
 import threading
+import unittest
 from unittest import mock
 
 import evennia
@@ -22,6 +23,7 @@ from . import commands, runtime, trail
 from .commands import CmdAudit
 from .scrub import MASK
 from .server import AuditedServerSession
+from .testing import requires_servers
 
 LIVE_MARKUP = re.compile(r"(?<!\|)(?:\|\|)*\|l[ctu]")  # an unescaped link code
 
@@ -241,3 +243,78 @@ class TestStats(CommandTestCase):
         self.assertRegex(shown, r"delivered\s+\d+")
         self.assertRegex(shown, r"lost\s+0")
         self.assertIn(self.dir, shown)
+
+
+# The game's commands/default_cmdsets.py gets the command, as the README says to add it.
+ADD_COMMAND = """
+
+# added by auditing.test_commands: the audit command for staff
+from auditing.commands import CmdAudit as _CmdAudit
+
+_account_cmdset_creation = AccountCmdSet.at_cmdset_creation
+
+
+def _with_audit(self):
+    _account_cmdset_creation(self)
+    self.add(_CmdAudit())
+
+
+AccountCmdSet.at_cmdset_creation = _with_audit
+"""
+
+
+@requires_servers
+class TestInARunningGame(unittest.TestCase):
+    """A real game: bob plays and leaves, the server reloads, an admin reads bob's history in game
+    (through the real reactor and deferToThread)."""
+
+    def test_history_after_a_reload_inert_and_recorded(self):
+        import os
+
+        from .testing.clients import TelnetClient
+        from .testing.game import GameServer
+
+        tmp = tempfile.mkdtemp(prefix="audit-cmd-e2e-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        game = GameServer(tmp, name="cmdgame", stop_at_exit=True)
+        game.create()
+        self.addCleanup(game.stop)
+        with open(os.path.join(game.game_dir, "commands", "default_cmdsets.py"), "a") as handle:
+            handle.write(ADD_COMMAND)
+        game.migrate()
+        admin_pw, bob_pw = "adm1n-Pw-e2e", "b0b-Pw-e2e"
+        game.start(superuser=("admin", admin_pw))
+        with TelnetClient("127.0.0.1", game.telnet_port) as bob:
+            bob.read_until("<password>")
+            bob.send_line(f"create bob {bob_pw}")
+            bob.read_until("[Y]/N?")
+            bob.send_line("y")
+            bob.read_until("was created")
+            bob.send_line(f"connect bob {bob_pw}")
+            bob.read_until("You become bob")
+            bob.send_line("say hi |rred|n |/2020-01-01 00:00:00 > forged")
+            bob.read_until("You say")
+            bob.send_line("quit")
+            bob.read_available(0.5)
+        game.reload()  # nothing of the process's memory is left: the history is in the files
+        with TelnetClient("127.0.0.1", game.telnet_port) as admin:
+            admin.read_until("<password>")
+            admin.send_line(f"connect admin {admin_pw}")
+            admin.read_until("You become admin")
+            admin.read_available(0.3)
+            admin.send_line("audit/transcript bob")
+            shown = admin.read_until(re.compile(r"\*\*\* disconnect[^\n]*reason=quit"), timeout=20)
+            admin.send_line("audit/sessions bob")
+            sessions = admin.read_until(re.compile(r"\d+ records|RECORDS[^\n]*\n[^\n]*quit"), timeout=20)
+        self.assertIn("last connection (not connected now)", shown)
+        recorded = [r["text"] for r in game.wait_audit_quiet(quiet=0.5, timeout=10) if r.get("direction") == "RCV"]
+        self.assertIn("say hi |rred|n |/2020-01-01 00:00:00 > forged", recorded)
+        # shown as typed, on one line: neither a colour nor a line break (a forged record line)
+        self.assertIn("> say hi |rred|n |/2020-01-01 00:00:00 > forged", shown)
+        self.assertIn("> __unloggedin_look_command (sent by the server)", shown)
+        self.assertIn(f"> connect bob {MASK}", shown)
+        self.assertNotIn(bob_pw, shown)
+        self.assertIn("bob#", sessions)
+        records = game.wait_audit_quiet(quiet=0.5, timeout=10)
+        views = [(r["mode"], r["target"].split("#")[0]) for r in records if r.get("kind") == "audit_view"]
+        self.assertEqual(views, [("transcript", "bob"), ("sessions", "bob")])

@@ -68,6 +68,10 @@ class DescribeTests(unittest.TestCase):
         typed = {"kind": "io", "direction": "RCV", "text": "say |rRed"}
         self.assertEqual(render.describe(typed), "say |rRed")
 
+    def test_input_the_server_fed_is_said_so(self):
+        record = {"kind": "io", "direction": "RCV", "text": "__unloggedin_look_command", "origin": "server"}
+        self.assertEqual(render.describe(record), "__unloggedin_look_command (sent by the server)")
+
     def test_one_legend(self):
         self.assertEqual(render.MARKERS["in"], "> ")
         self.assertEqual(render.MARKERS["out"], "< ")
