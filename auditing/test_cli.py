@@ -16,6 +16,8 @@ import os
 import re
 import shutil
 import tempfile
+import threading
+import time
 import unittest
 from unittest import mock
 
@@ -1086,8 +1088,6 @@ class FollowTests(unittest.TestCase):
         self.assertEqual(self.texts(follower), ["line 1", "line 3"])
 
     def test_follow_account_shows_a_new_connections_records_from_before_its_login(self):
-        import threading
-        import time
         base = {"v": 1, "ip": "10.0.0.1"}
 
         def connection(conn, account, start):
@@ -1100,41 +1100,33 @@ class FollowTests(unittest.TestCase):
                 row["time"] = _t(27, f"{start}:0{n}.000000")
             return rows
 
-        def later():
-            time.sleep(0.3)
-            _sink_write(self.sink, connection("c-alice", "alice#2", "09:00"))
-            _sink_write(self.sink, connection("c-bob", "bob#1", "09:01"))
-
-        writer = threading.Thread(target=later)
-        writer.start()
-        status, out, err = run("search", "--dir", self.dir, "--follow", "--json", "--interval", "0.05",
-                               "--limit", "5", "--account", "bob")
-        writer.join()
-        self.assertEqual(status, 0, err)
-        shown = [orjson.loads(line) for line in out.splitlines()]
+        shown = self.follow_while_writing([connection("c-alice", "alice#2", "09:00"),
+                                           connection("c-bob", "bob#1", "09:01")], "--limit", "5", "--account", "bob")
         self.assertEqual([(r["conn"], r["kind"]) for r in shown],
                          [("c-bob", "connect"), ("c-bob", "io"), ("c-bob", "login"), ("c-bob", "io"),
                           ("c-bob", "disconnect")])
 
-    def test_search_follow_end_to_end(self):
-        import threading
-        _sink_write(self.sink, _records(2, conn="old"))
+    def follow_while_writing(self, batches, *argv):
+        """`search --follow --json ARGV` while another thread writes `batches` a little later; the records."""
 
         def later():
-            time.sleep(0.3)
-            _sink_write(self.sink, _records(3, conn="c-2", start=_t(27, "08:10:00.000000")))
-            time.sleep(0.2)
-            _sink_write(self.sink, _records(3, conn="c-3", start=_t(27, "08:20:00.000000")))
+            for batch in batches:
+                time.sleep(0.25)
+                _sink_write(self.sink, batch)
 
-        import time
         writer = threading.Thread(target=later)
         writer.start()
-        status, out, err = run("search", "--dir", self.dir, "--follow", "--json", "--interval", "0.05",
-                               "--limit", "2", "--text", "line [12]")
+        status, out, err = run("search", "--dir", self.dir, "--follow", "--json", "--interval", "0.05", *argv)
         writer.join()
         self.assertEqual(status, 0, err)
-        self.assertEqual([(r["conn"], r["text"]) for r in map(orjson.loads, out.splitlines())],
-                         [("c-2", "line 1"), ("c-2", "line 2")])
+        return [orjson.loads(line) for line in out.splitlines()]
+
+    def test_search_follow_end_to_end(self):
+        _sink_write(self.sink, _records(2, conn="old"))
+        shown = self.follow_while_writing([_records(3, conn="c-2", start=_t(27, "08:10:00.000000")),
+                                           _records(3, conn="c-3", start=_t(27, "08:20:00.000000"))],
+                                          "--limit", "2", "--text", "line [12]")
+        self.assertEqual([(r["conn"], r["text"]) for r in shown], [("c-2", "line 1"), ("c-2", "line 2")])
         status, out, err = run("search", "--dir", self.dir, "--follow", "--json", "--since", "2026-11-27",
                                "--limit", "1", "--conn", "old")
         self.assertEqual([r["text"] for r in map(orjson.loads, out.splitlines())], ["line 0"])
