@@ -1,175 +1,77 @@
 """
-evennia-audit: search, replay, export and summarise the audit trail (the files of `FileSink`).
+evennia-audit: search, follow, replay, export and summarise the audit trail (the files of `FileSink`).
 
-    evennia-audit search [--dir DIR] [FILTERS] [--json | --count] [--limit N] [--no-prefilter]
-    evennia-audit replay [--dir DIR] (--conn ID | --account NAME) [--since T] [--until T]
-                         [--no-color] [--speed X] [--max-wait S]
-    evennia-audit export [--dir DIR] --format asciicast (--conn ID | --account NAME) [--since T]
-                         [--until T] -o FILE [--width W] [--height H] [--no-color] [--idle-limit S]
-    evennia-audit stats  [--dir DIR] [FILTERS] [--top N] [--json]
+    evennia-audit search   [--dir DIR] [FILTERS] [--json | --count | --wide] [--limit N] [--follow]
+    evennia-audit sessions [--dir DIR] [FILTERS] [--json]
+    evennia-audit replay   [--dir DIR] (--conn ID | --account NAME) [--since T] [--until T]
+                           [--no-color] [--speed X] [--max-wait S]
+    evennia-audit export   [--dir DIR] --format asciicast (--conn ID | --account NAME) [--since T]
+                           [--until T] -o FILE [--width W] [--height H] [--no-color] [--idle-limit S]
+    evennia-audit stats    [--dir DIR] [FILTERS] [--top N] [--json]
 
-FILTERS: --account NAME (also a failed login's tried account) --character NAME --room NAME
+FILTERS: --account NAME (also a failed login's tried account, and the records of that account's
+         connections from before its login) --character NAME --room NAME
          (names: `bob`, `bob#1`, `#1` or a glob `bo*`, case-insensitive), --ip ADDR|CIDR,
          --conn ID (or a glob: 67470c2a1f3b-*), --direction RCV|SND, --kind KIND[,KIND] (io, connect, login,
-         login_fail, logout, disconnect, puppet, unpuppet, account_created, loss),
+         login_fail, logout, disconnect, puppet, unpuppet, account_created, audit_view, loss),
          --since T / --until T (ISO 8601 like 2026-11-27 or 2026-11-27T07:40Z, or relative: 30m,
          2h, 7d; a bare date as --until means the end of that day), --text REGEX [-i].
 
 `--dir` defaults to ./server/logs when it exists (run from the game directory), else the current
-directory. Also runnable as `python -m auditing`.
+directory. Also runnable as `python -m auditing`. Files: see `auditing.trail` (our names, logrotate's
+numbered and dateext names, gzip'd or not, and the old contrib's lines, shown as `"legacy": true`).
 
-Replay prints a transcript with a timestamp on every line: what the player typed after "> ", what
-the game sent rendered from Evennia's colour markup to ANSI (or stripped with --no-color / NO_COLOR),
-connection events after "***" and lost-record gaps after "!!!". Control characters recorded in the
-trail are shown escaped (^[), never sent raw to your terminal. `--speed X` waits the recorded gaps
-divided by X (each wait capped by --max-wait), like sudoreplay.
+Legend (the same as the in-game `audit` command's): "> " typed by the player (RCV), "< " shown by the
+game (SND), "*** " a connection event, "!!! " records lost. Nothing from the trail reaches the terminal
+raw: control characters are shown as ^[ or \x9b (see `auditing.render`), JSON escapes C0 and C1.
 
-`export --format asciicast` writes an asciicast v2 file (asciinema play / asciinema-player): a header
-line, then `[seconds, "o", text]` events. Players only show "o" (output) events, so the player's
-input is written as an "o" echo of "> line" where it happened.
+`search --follow` keeps printing new matching records as they are written (`tail -F`: across day
+rollover, the sink's and logrotate's rotation, and a replaced directory) until interrupted.
 
-Exit status: 0 ok (also when a search matches nothing), 1 nothing to replay or export,
-2 usage error or missing directory, 130 interrupted.
+`sessions` prints one line per connection: start, end, duration, connection id, account(s),
+character(s), IP, protocol, end reason, record count. With filters, the connections that have a matching
+record are listed, with all their records in the time range counted.
+
+Replay prints a transcript with a timestamp on every line, game output rendered from Evennia's colour
+markup to ANSI (or stripped with --no-color / NO_COLOR). `--speed X` waits the recorded gaps divided by
+X (each wait capped by --max-wait), like sudoreplay.
+
+`export --format asciicast` writes an asciicast v2 file (asciinema play / asciinema-player), mode 0600
+like the trail, never through a symlink: a header line, then `[seconds, "o", text]` events. Players only
+show "o" (output) events, so the player's input is written as an "o" echo of "> line" where it happened.
+
+Exit status (like grep): 0 something matched / was done, 1 nothing matched (nothing to replay or
+export), 2 usage error, missing directory or no audit file in it, 130 interrupted.
 """
 
 import argparse
 import collections
+import errno
 import os
-import re
 import shutil
 import sys
 import time
 
 import orjson
 
-from . import trail
+from . import render, trail
+from .render import MARKERS, for_terminal
 from .trail import Filter, Reader, TrailError
 
 PROG = "evennia-audit"
 MAX_PROBLEMS_SHOWN = 20
 PROGRESS_MIN_BYTES = 64 << 20
-
-# ---------------------------------------------------------------- Evennia colour markup
-
-_ESC = "\033["
-_RESET = "\033[0m"
-_COLOUR_INDEX = {"x": 0, "r": 1, "g": 2, "y": 3, "b": 4, "m": 5, "c": 6, "w": 7}
-_CODES = {
-    "n": _RESET, "/": "\n", "-": "\t", ">": "    ", "_": " ",
-    "*": _ESC + "7m", "^": _ESC + "5m", "u": _ESC + "4m", "U": _ESC + "24m",
-    "i": _ESC + "3m", "I": _ESC + "23m", "s": _ESC + "9m", "S": _ESC + "29m",
-    "h": _ESC + "1m", "H": _ESC + "22m",
-}
-for _letter, _index in _COLOUR_INDEX.items():
-    _CODES[_letter] = f"{_ESC}1m{_ESC}3{_index}m"  # |r: bright (hilite) red
-    _CODES[_letter.upper()] = f"{_ESC}22m{_ESC}3{_index}m"  # |R: normal red
-_WHITESPACE_CODES = {"/": "\n", "-": "\t", ">": "    ", "_": " "}
-# Bright backgrounds have no ANSI code: Evennia maps them to xterm256 cube colours.
-_BRIGHT_BG = {"r": "500", "g": "050", "y": "550", "b": "005", "m": "505", "c": "055", "w": "555", "x": "222"}
-
-_MARKUP_RE = re.compile(
-    r"""
-      (?P<esc>\|\||\{\{)
-    | \|l(?P<link>[cu])(?P<target>.*?)\|lt(?P<label>.*?)\|le
-    | \|(?P<hexbg>\[)?\#(?P<hex>[0-9a-fA-F]{6}|[0-9a-fA-F]{3})
-    | \|(?P<rgbbg>\[)?(?P<rgb>[0-5]{3})
-    | \|(?P<greybg>\[)?=(?P<grey>[a-z])
-    | \|\[(?P<bg>[rgybmcwxRGYBMCWX])
-    | \|!(?P<plain>[RGYBMCWX])
-    | \|(?P<code>[rgybmcwxRGYBMCWXnhH/\-_>*^uUiIsS])
-    """,
-    re.X | re.S,
-)
-
-# Control characters from the trail are shown, never interpreted by the terminal.
-_CONTROL = {c: "^" + chr(c + 64) for c in range(0x20) if chr(c) not in "\n\t"}
-_CONTROL[0x7F] = "^?"
-_CONTROL.update({c: f"\\x{c:02x}" for c in range(0x80, 0xA0)})
-
-
-def sanitize(text):
-    """Recorded text made safe for a terminal: CRLF -> LF, other control characters escaped (^[)."""
-    if "\r" in text:
-        text = text.replace("\r\n", "\n")
-    return text.translate(_CONTROL)
-
-
-def _xterm(index, background):
-    return f"{_ESC}{4 if background else 3}8;5;{index}m"
-
-
-def _markup_sub(match, color):
-    group = match.lastgroup
-    if group == "esc":
-        return match.group()[0]
-    if group == "label":  # the lastgroup of a link
-        inner = match.group("target") if match.group("link") == "u" else match.group("label")
-        return render(inner, color)
-    if group == "code":
-        code = match.group("code")
-        return _CODES[code] if color else _WHITESPACE_CODES.get(code, "")
-    if not color:
-        return ""
-    if group == "hex":
-        value = match.group("hex")
-        if len(value) == 3:
-            value = "".join(char * 2 for char in value)
-        red, green, blue = (int(value[i:i + 2], 16) for i in (0, 2, 4))
-        return f"{_ESC}{4 if match.group('hexbg') else 3}8;2;{red};{green};{blue}m"
-    if group == "rgb":
-        red, green, blue = (int(char) for char in match.group("rgb"))
-        return _xterm(16 + red * 36 + green * 6 + blue, match.group("rgbbg"))
-    if group == "grey":
-        letter = match.group("grey")
-        index = 16 if letter == "a" else 231 if letter == "z" else 134 + ord(letter)
-        return _xterm(index, match.group("greybg"))
-    if group == "bg":
-        letter = match.group("bg")
-        if letter.islower():
-            red, green, blue = (int(char) for char in _BRIGHT_BG[letter])
-            return _xterm(16 + red * 36 + green * 6 + blue, True)
-        return f"{_ESC}4{_COLOUR_INDEX[letter.lower()]}m"
-    if group == "plain":
-        return f"{_ESC}3{_COLOUR_INDEX[match.group('plain').lower()]}m"
-    return match.group()  # pragma: no cover
-
-
-def render(text, color=True):
-    """Evennia colour markup -> ANSI escape sequences (`color`) or plain text.
-
-    Covers |r |g |y |b |m |c |w |x (bright) and |R ... |X (normal), |!R (colour without changing
-    brightness), |[R / |[r backgrounds, |h |H, |n, |u |i |s |* |^ and their resets, xterm256 |123 |[123
-    |=a |[=a, truecolor |#ff0000 |[#f00, |/ newline, |- tab, |_ space, |> indent, || and {{ escapes, and
-    MXP links |lc...|lt...|le (shown as their text). Colour output matches Evennia's own
-    `parse_ansi(text, xterm256=True, truecolor=True)` except that line breaks are "\\n".
-    """
-    if "|" not in text and "{{" not in text:
-        return text
-    return _MARKUP_RE.sub(lambda match: _markup_sub(match, color), text)
-
-
-_SGR_RE = re.compile(r"\033\[[0-9;]*m")
-
-
-def split_lines(rendered, color):
-    """Split rendered text into lines; with colour, each line restarts the attributes still active."""
-    lines = rendered.split("\n")
-    if not color:
-        return lines
-    out, active = [], ""
-    for line in lines:
-        out.append(active + line)
-        for match in _SGR_RE.finditer(line):
-            code = match.group()
-            active = "" if code == _RESET else active + code
-    return out
-
-
-def strip_ansi(text):
-    return _SGR_RE.sub("", text)
-
+FOLLOW_INTERVAL = 0.2  # seconds between two looks at the directory with --follow
+EXIT_MATCHED, EXIT_NONE, EXIT_ERROR = 0, 1, 2
 
 # ---------------------------------------------------------------- shared helpers
+
+
+class NoTrail(TrailError):
+    """The directory holds no audit file (grep's "file not found": exit status 2)."""
+
+    def __init__(self, directory):
+        super().__init__(f"no audit files (audit_YYYY-MM-DD*.log[.gz]) in {directory}")
 
 
 def default_dir():
@@ -248,122 +150,213 @@ def _make_filter(args, **overrides):
     return Filter(**fields)
 
 
+def _account_filter(args, **overrides):
+    """The filter of the command line; with --account, also that account's records from before its
+    login (a first pass finds its connections). Following, an empty directory is fine: files come."""
+    conns = None
+    following = getattr(args, "follow", False)
+    if getattr(args, "account", None) and not (following and not _has_files(args.dir)):
+        _check_trail(args.dir)
+        problems = _Problems(sys.stderr)
+        conns = trail.account_connections(args.dir, args.account, since=args.since, until=args.until,
+                                          on_problem=problems)
+    return _make_filter(args, account_conns=conns, **overrides)
+
+
+def _has_files(directory):
+    try:
+        return bool(trail.list_files(directory)[0])
+    except TrailError:
+        return False
+
+
+def _check_trail(directory):
+    """Raise NoTrail when `directory` holds no audit file (TrailError when it is missing)."""
+    if not trail.list_files(directory)[0]:
+        raise NoTrail(directory)
+
+
 def _open_reader(args, flt, quiet=False, **options):
-    """A Reader over args.dir with problem reporting and progress; says so when there is nothing.
+    """A Reader over args.dir with problem reporting and progress. Raises NoTrail without audit files.
 
     `quiet`: for a second pass over the same files, do not report the same things again.
     """
     problems = _Problems(sys.stderr)
     reader = Reader(args.dir, flt, on_problem=None if quiet else problems, **options)
+    if not reader.all_files:
+        raise NoTrail(args.dir)
     if quiet:
         return reader, problems, _Progress(sys.stderr, reader.bytes_total)
     for name in reader.duplicates:
         sys.stderr.write(f"{PROG}: {os.path.join(args.dir, name)}: skipped, the same file exists uncompressed\n")
-    if not reader.all_files:
-        sys.stderr.write(f"{PROG}: no audit files (audit_YYYY-MM-DD*.log[.gz]) in {args.dir}\n")
     progress = _Progress(sys.stderr, reader.bytes_total)
     reader.on_progress = progress
     return reader, problems, progress
-
-
-def _short_time(value):
-    return f"{value[:10]} {value[11:19]}" if isinstance(value, str) and len(value) >= 19 else str(value or "")
 
 
 def _fit(text, width):
     return text if len(text) <= width else text[: max(width - 1, 0)] + "~"
 
 
-_DETAIL_FIELDS = ("tried_account", "account", "character", "room", "protocol", "ip", "reason", "cause")
-
-
-def _details(record, skip=()):
-    parts = []
-    for key in _DETAIL_FIELDS:
-        value = trail.field(record, key)
-        if value not in (None, "") and key not in skip:
-            parts.append(f"{key}={value}")
-    return " ".join(parts)
-
-
-def _loss_text(record):
-    return (f"{record.get('lost', '?')} record(s) lost between {record.get('first_time', '?')} and "
-            f"{record.get('last_time', '?')}" + (f" ({record['cause']})" if record.get("cause") else ""))
+def _write_json(out, record, line):
+    """One record as a JSON line, C0 and C1 escaped; a contrib line is written as the record it gave."""
+    blob = render.json_line(record) if record.get("legacy") else render.escape_json_line(line)
+    buffer = getattr(out, "buffer", None)
+    if buffer is not None:
+        buffer.write(blob + b"\n")
+    else:
+        out.write(blob.decode("utf-8", "replace") + "\n")
 
 
 # ---------------------------------------------------------------- search
 
 
+class _Table:
+    """Rows of the search table. Names are never cut (a cut name can name someone else); the text is
+    fitted to the terminal, or shown whole with every field (`wide`)."""
+
+    HEADER = ("TIME", "CONN", "DIR/KIND", "ACCOUNT", "CHARACTER", "ROOM")
+
+    def __init__(self, wide):
+        self.wide = wide
+        columns = shutil.get_terminal_size((120, 24)).columns
+        name = 12 + min(max((columns - 120) // 10, 0), 6)  # wider terminals: longer name columns
+        self.widths = (19, 16, 10, name, name, name)
+        self.columns = columns
+
+    def header(self):
+        return " ".join(h.ljust(w) for h, w in zip(self.HEADER, self.widths)) + " TEXT"
+
+    def row(self, record):
+        kind = record.get("kind", "io")
+        label = MARKERS[render.style(record)].strip() + " " + str(record.get("direction", "io")) if kind == "io" else kind
+        cells = [render.short_time(trail.record_time(record)), record.get("conn"), label,
+                 record.get("account"), record.get("character"), record.get("room")]
+        cells = [_cell(cell if cell is not None else "") for cell in cells]
+        row = " ".join(cell.ljust(width) for cell, width in zip(cells, self.widths))
+        text = for_terminal(render.describe(record, wide=self.wide, skip=("account", "character", "room"),
+                                            with_kind=False),
+                            one_line=True)
+        if self.wide or kind != "io":
+            return row + " " + text  # lifecycle details are short and never cut
+        return row + " " + _fit(text, max(self.columns - len(row) - 1, 20))
+
+
 def cmd_search(args):
-    flt = _make_filter(args)
+    if args.follow:
+        return _follow(args)
+    flt = _account_filter(args)
     reader, problems, progress = _open_reader(args, flt, prefilter=not args.no_prefilter)
     out = sys.stdout
     limit = args.limit
     count = 0
+    table = None if args.json or args.count else _Table(args.wide)
     try:
+        if table is not None:
+            out.write(table.header() + "\n")
+        for record, line in reader:
+            if args.json:
+                _write_json(out, record, line)
+            elif table is not None:
+                out.write(table.row(record) + "\n")
+            count += 1
+            if limit is not None and count >= limit:
+                break
+        progress.done()
         if args.count:
-            for _ in reader:
-                count += 1
-                if limit is not None and count >= limit:
-                    break
-            progress.done()
             out.write(f"{count}\n")
-        elif args.json:
-            buffer = getattr(out, "buffer", None)
-            for _record, line in reader:
-                if buffer is not None:
-                    buffer.write(line + b"\n")
-                else:
-                    out.write(line.decode("utf-8", "replace") + "\n")
-                count += 1
-                if limit is not None and count >= limit:
-                    break
-            progress.done()
-        else:
-            columns = shutil.get_terminal_size((120, 24)).columns
-            name = 12 + min(max((columns - 120) // 10, 0), 6)  # wider terminals: longer names
-            widths = (19, 16, 10, name, name, name)
-            text_width = max(columns - sum(widths) - len(widths), 20)
-            header = ("TIME", "CONN", "DIR/KIND", "ACCOUNT", "CHARACTER", "ROOM")
-            out.write(" ".join(h.ljust(w) for h, w in zip(header, widths)) + " TEXT\n")
-            for record, _line in reader:
-                out.write(_table_row(record, widths, text_width) + "\n")
-                count += 1
-                if limit is not None and count >= limit:
-                    break
-            progress.done()
-            if not count and reader.all_files:
-                sys.stderr.write(f"{PROG}: no records matched\n")
+        elif not count:
+            sys.stderr.write(f"{PROG}: no records matched\n")
         out.flush()
     finally:
         progress.done()
     problems.summary(reader)
-    return 0
+    return EXIT_MATCHED if count else EXIT_NONE
 
 
-def _table_row(record, widths, text_width):
-    kind = record.get("kind", "io")
-    if kind == "io":
-        label = record.get("direction", "io")
-        text = record.get("text")
-        if text is None:
-            data = record.get("data")
-            text = "[oob] " + orjson.dumps(data).decode() if data else ""
-        text = render(sanitize(str(text)), color=False).replace("\n", " \u23ce ")
-    elif kind == "loss":
-        label, text = kind, _loss_text(record)
-    else:
-        label, text = kind, _details(record, skip=("account", "character", "room"))
-    cells = (
-        _short_time(trail.record_time(record)),
-        str(record.get("conn", "")),
-        label,
-        str(record.get("account", "")),
-        str(record.get("character", "")),
-        str(record.get("room", "")),
-    )
-    row = " ".join(_fit(cell, width).ljust(width) for cell, width in zip(cells, widths))
-    return row + " " + _fit(sanitize(text).replace("\n", " "), text_width)
+def _follow(args):
+    """`search --follow`: the matching records already written since --since (if given), then every
+    new one as it is written, until interrupted or --limit."""
+    if args.count:
+        raise TrailError("--follow cannot be combined with --count")
+    flt = _account_filter(args)
+    problems = _Problems(sys.stderr)
+    since = args.since is not None
+    watch = _AccountWatch(args, flt.account_conns) if args.account else None
+    follower = trail.Follower(args.dir, flt if watch is None else Filter(since=args.since), on_problem=problems,
+                              from_start=since)
+    out = sys.stdout
+    table = None if args.json else _Table(args.wide)
+    if table is not None:
+        out.write(table.header() + "\n")
+        out.flush()
+    count = 0
+
+    def emit(batch):
+        nonlocal count
+        for record, line in batch:
+            if args.json:
+                _write_json(out, record, line)
+            else:
+                out.write(table.row(record) + "\n")
+            count += 1
+            if args.limit is not None and count >= args.limit:
+                out.flush()
+                return True
+        out.flush()
+        return False
+
+    if since and _has_files(args.dir):
+        # History: the rotated and compressed files; the current ones are read by the follower.
+        history = Reader(args.dir, flt, on_problem=problems, select=lambda f: not f.current)
+        if emit(history):
+            return EXIT_MATCHED
+    while True:
+        batch = follower.poll()
+        if emit(batch if watch is None else [shown for item in batch for shown in watch(*item)]):
+            return EXIT_MATCHED
+        time.sleep(args.interval)
+
+
+class _AccountWatch:
+    """`--follow --account`: which new records to show, learning the account's connections as they
+    log in. A connection's records from before its login are held (bounded) until it logs in as the
+    account, then shown first; a connection that ends without doing so is forgotten."""
+
+    MAX_HELD_CONNECTIONS = 1000
+    MAX_HELD_RECORDS = 200  # per connection
+
+    def __init__(self, args, conns):
+        self.name = trail.name_matcher(args.account)
+        self.rest = _make_filter(args, account=None)  # every other criterion
+        self.conns = set(conns or ())
+        self.held = collections.OrderedDict()  # conn -> deque of (record, line)
+
+    def __call__(self, record, line):
+        """The (record, line) pairs to show now, for one new record."""
+        conn, account = record.get("conn"), record.get("account")
+        shown = []
+        if account and self.name(account) and conn:
+            self.conns.add(conn)
+            shown = [item for item in self.held.pop(conn, ()) if self.rest.matches(item[0])]
+        elif not account and conn and conn not in self.conns:
+            if record.get("kind") == "disconnect":
+                self.held.pop(conn, None)
+            else:
+                self._hold(conn, record, line)
+        mine = (account and self.name(account)) or self.name(trail.field(record, "tried_account")) or (
+            not account and conn in self.conns)
+        if mine and self.rest.matches(record):
+            shown.append((record, line))
+        return shown
+
+    def _hold(self, conn, record, line):
+        held = self.held.get(conn)
+        if held is None:
+            held = self.held[conn] = collections.deque(maxlen=self.MAX_HELD_RECORDS)
+            if len(self.held) > self.MAX_HELD_CONNECTIONS:
+                self.held.popitem(last=False)  # the oldest connection still not logged in
+        held.append((record, line))
 
 
 # ---------------------------------------------------------------- transcripts (replay, export)
@@ -389,18 +382,10 @@ def _collect(args):
     Returns (records, losses); raises TrailError for a --conn glob matching several connections.
     """
     if args.account:
+        _check_trail(args.dir)
         # First pass (prefiltered on the name): which connections did the account use?
-        match = trail.name_matcher(args.account)
-        flt = Filter(account=args.account, since=args.since, until=args.until)
-        reader, problems, progress = _open_reader(args, flt)
-        conns = set()
-        try:
-            for record, _line in reader:
-                if record.get("conn") and match(record.get("account")):
-                    conns.add(record["conn"])
-        finally:
-            progress.done()
-        problems.summary(reader)
+        conns = trail.account_connections(args.dir, args.account, since=args.since, until=args.until,
+                                          on_problem=_Problems(sys.stderr))
         if not conns:
             return [], []
         flt = Filter(conn=conns, since=args.since, until=args.until)
@@ -441,45 +426,38 @@ def _overlaps(loss, first, last):
 
 
 def transcript(records, losses, color):
-    """Entries for the records in order, loss records merged in by time."""
+    """Entries for the records in order, loss records merged in by time; every line inert."""
     items = [(trail.record_time(r), 0, i, r) for i, r in enumerate(records)]
     items += [(trail.record_time(r), 1, i, r) for i, r in enumerate(losses)]
     items.sort(key=lambda item: item[:3])
     entries = []
     for when, _rank, _index, record in items:
-        kind = record.get("kind", "io")
-        conn = str(record.get("conn", ""))
-        if kind == "io":
+        style = render.style(record)
+        conn = for_terminal(str(record.get("conn", "")), one_line=True)
+        if style == "in":
+            text = render.describe(record)
+            if text:
+                entries.append(Entry(when, conn, style, for_terminal(text).split("\n")))
+        elif style == "out":
             text = record.get("text")
-            if record.get("direction") == "RCV":
-                if text is None:
-                    data = record.get("data")
-                    if not data:
-                        continue
-                    text = "[oob] " + orjson.dumps(data).decode()
-                entries.append(Entry(when, conn, "in", sanitize(str(text)).split("\n")))
-            else:
-                if text is None:
-                    data = record.get("data")
-                    if not data:
-                        continue
-                    lines = ["[oob] " + sanitize(orjson.dumps(data).decode())]
-                else:
-                    lines = split_lines(render(sanitize(str(text)), color), color)
-                entries.append(Entry(when, conn, "out", lines))
-        elif kind == "loss":
-            entries.append(Entry(when, conn, "loss", [sanitize(_loss_text(record))]))
+            if text in (None, ""):
+                text = render.describe(record)  # [oob] ...
+                if text:
+                    entries.append(Entry(when, conn, style, [for_terminal(text, one_line=True)]))
+                continue
+            rendered = render.markup(for_terminal(text if type(text) is str else str(text)), color)
+            entries.append(Entry(when, conn, style, render.split_lines(rendered, color)))
         else:
-            entries.append(Entry(when, conn, "event", [sanitize(f"{kind} {_details(record)}".strip())]))
+            entries.append(Entry(when, conn, style, [for_terminal(render.describe(record), one_line=True)]))
     return entries
 
 
-_DIM, _BOLD, _RED, _CYAN = _ESC + "2m", _ESC + "1m", _ESC + "31m", _ESC + "36m"
-_MARKERS = {"in": "> ", "out": "  ", "event": "*** ", "loss": "!!! "}
+_ESC = "\033["
+_DIM, _BOLD, _RED, _CYAN, _RESET = _ESC + "2m", _ESC + "1m", _ESC + "31m", _ESC + "36m", render.RESET
 
 
 def _styled(entry, line, color):
-    marker = _MARKERS[entry.style]
+    marker = MARKERS[entry.style]
     if not color:
         return marker + line
     if entry.style == "in":
@@ -510,11 +488,12 @@ def cmd_replay(args):
     out = sys.stdout
     conns = sorted({e.conn for e in entries if e.style != "loss"})
     tag_conn = len(conns) > 1
-    accounts = sorted({str(r["account"]) for r in records if r.get("account")})
-    heading = (f"# {len(records)} records, {_short_time(records[0].get('time'))} .. "
-               f"{_short_time(records[-1].get('time'))} UTC, connection(s) {', '.join(conns)}"
+    accounts = sorted({for_terminal(str(r["account"]), one_line=True) for r in records if r.get("account")})
+    heading = (f"# {len(records)} records, {render.short_time(records[0].get('time'))} .. "
+               f"{render.short_time(records[-1].get('time'))} UTC, connection(s) {', '.join(conns)}"
                + (f", account(s) {', '.join(accounts)}" if accounts else ""))
-    out.write((f"{_DIM}{heading}{_RESET}" if color else heading) + "\n")
+    for line in (heading, f"# {render.LEGEND}"):
+        out.write((f"{_DIM}{line}{_RESET}" if color else line) + "\n")
     previous = None
     for entry in entries:
         if args.speed and previous is not None:
@@ -545,7 +524,7 @@ def cmd_export(args):
         offset = max(round(entry.epoch - start, 6), previous)
         previous = offset
         lines = [_styled(entry, line, color) for line in entry.lines]
-        longest = max([longest] + [len(strip_ansi(line)) for line in lines])
+        longest = max([longest] + [len(render.strip_sgr(line)) for line in lines])
         events.append([offset, "o", "\r\n".join(lines) + "\r\n"])
     title = args.title or (f"{PROG}: connection {args.conn}" if args.conn else f"{PROG}: account {args.account}")
     header = {
@@ -564,10 +543,75 @@ def cmd_export(args):
         buffer.write(blob) if buffer is not None else sys.stdout.write(blob.decode())
         sys.stdout.flush()
     else:
-        with open(args.output, "wb") as handle:
-            handle.write(blob)
+        write_private(args.output, blob)
         sys.stderr.write(f"{PROG}: wrote {len(events)} events ({entries[-1].epoch - start:.1f} s) to {args.output}\n")
     return 0
+
+
+def write_private(path, blob):
+    """Write `blob` to `path` as the trail is kept: mode 0600, never through a symlink."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise TrailError(f"{path}: is a symbolic link; not writing through it") from None
+        raise TrailError(f"{path}: cannot write: {error.strerror or error}") from None
+    with os.fdopen(fd, "wb") as handle:
+        os.fchmod(fd, 0o600)  # an existing file keeps its mode otherwise
+        handle.write(blob)
+
+
+# ---------------------------------------------------------------- sessions
+
+
+def connections(args):
+    """The Sessions (one per connection) the command line asks for, ordered by start.
+
+    Without filters other than the time range: one pass over the range. With filters: a first pass
+    (prefiltered) finds the connections having a matching record, a second gathers all their records.
+    """
+    flt = _make_filter(args)
+    time_only = Filter(since=args.since, until=args.until)
+    if flt.kinds is None and not any((args.account, args.character, args.room, args.ip, args.conn,
+                                      args.direction, args.text)):
+        reader, problems, progress = _open_reader(args, time_only)
+        try:
+            found = trail.sessions(record for record, _line in reader)
+        finally:
+            progress.done()
+        problems.summary(reader)
+        return found
+    reader, problems, progress = _open_reader(args, flt)
+    try:
+        conns = {record["conn"] for record, _line in reader if record.get("conn")}
+    finally:
+        progress.done()
+    problems.summary(reader)
+    if not conns:
+        return []
+    reader, _problems, progress = _open_reader(args, Filter(conn=conns, since=args.since, until=args.until),
+                                               quiet=True)
+    try:
+        return trail.sessions(record for record, _line in reader)
+    finally:
+        progress.done()
+
+
+def cmd_sessions(args):
+    found = connections(args)
+    out = sys.stdout
+    if args.json:
+        for entry in found:
+            out.write(render.json_line(entry.as_dict()).decode() + "\n")
+    else:
+        rows = [render.session_row(entry) for entry in found]
+        for line in render.table([render.SESSION_HEADER] + rows, for_terminal):
+            out.write(line.rstrip() + "\n")
+    if not found:
+        sys.stderr.write(f"{PROG}: no connections matched\n")
+    out.flush()
+    return EXIT_MATCHED if found else EXIT_NONE
 
 
 # ---------------------------------------------------------------- stats
@@ -630,6 +674,12 @@ def compute_stats(reader, top=10):
     }
 
 
+def _cell(value):
+    """A value from the trail for one cell of a report: inert, on one line."""
+    return for_terminal(value if isinstance(value, str) else orjson.dumps(value, default=str).decode(),
+                        one_line=True)
+
+
 def cmd_stats(args):
     flt = _make_filter(args)
     reader, problems, progress = _open_reader(args, flt)
@@ -640,13 +690,13 @@ def cmd_stats(args):
     problems.summary(reader)
     out = sys.stdout
     if args.json:
-        out.write(orjson.dumps(stats, option=orjson.OPT_INDENT_2).decode() + "\n")
-        return 0
+        out.write(render.escape_json_line(orjson.dumps(stats, option=orjson.OPT_INDENT_2)).decode() + "\n")
+        return EXIT_MATCHED
     write = out.write
     write(f"trail: {stats['directory']}: {stats['files']} file(s), {stats['bytes']:,} bytes, "
           f"{stats['records']:,} records")
     if stats["first_time"]:
-        write(f", {_short_time(stats['first_time'])} .. {_short_time(stats['last_time'])} UTC")
+        write(f", {render.short_time(stats['first_time'])} .. {render.short_time(stats['last_time'])} UTC")
     write("\n")
     write(f"malformed lines: {stats['malformed_lines']}\n")
     if stats["unreadable_files"]:
@@ -654,31 +704,31 @@ def cmd_stats(args):
     if stats["by_kind"]:
         write("\nrecords by kind:\n")
         for kind, n in stats["by_kind"].items():
-            write(f"  {kind:<16} {n:>10,}\n")
+            write(f"  {_cell(kind):<16} {n:>10,}\n")
     if stats["per_account_day"]:
         write("\nrecords per account per day:\n")
         write(f"  {'DAY':<10}  {'ACCOUNT':<24} {'RECORDS':>10}\n")
         for row in stats["per_account_day"]:
-            write(f"  {row['day']:<10}  {_fit(row['account'], 24):<24} {row['records']:>10,}\n")
+            write(f"  {row['day']:<10}  {_fit(_cell(row['account']), 24):<24} {row['records']:>10,}\n")
     if stats["top_ips"]:
         write(f"\ntop IPs:\n  {'IP':<40} {'RECORDS':>10} {'CONNS':>6}\n")
         for row in stats["top_ips"]:
-            write(f"  {row['ip']:<40} {row['records']:>10,} {row['connections']:>6}\n")
+            write(f"  {_cell(row['ip']):<40} {row['records']:>10,} {row['connections']:>6}\n")
     fails = stats["login_failures"]
     write(f"\nlogin failures: {fails['total']}\n")
     if fails["total"]:
         write("  by tried account:\n")
         for row in fails["by_account"]:
-            write(f"    {_fit(row['account'], 30):<30} {row['count']:>6}\n")
+            write(f"    {_fit(_cell(row['account']), 30):<30} {row['count']:>6}\n")
         write("  by IP:\n")
         for row in fails["by_ip"]:
-            write(f"    {row['ip']:<30} {row['count']:>6}\n")
+            write(f"    {_cell(row['ip']):<30} {row['count']:>6}\n")
     loss = stats["loss"]
     write(f"\nloss records: {loss['records']}, records lost: {loss['lost']}\n")
     for span in loss["spans"]:
-        write(f"  {span['first_time']} .. {span['last_time']}  lost {span['lost']}"
-              + (f"  ({span['cause']})" if span.get("cause") else "") + "\n")
-    return 0
+        write(f"  {_cell(span['first_time'])} .. {_cell(span['last_time'])}  lost {span['lost']}"
+              + (f"  ({_cell(span['cause'])})" if span.get("cause") else "") + "\n")
+    return EXIT_MATCHED
 
 
 # ---------------------------------------------------------------- argument parsing
@@ -698,79 +748,123 @@ def _positive_float(text):
     return value
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Search, replay, export and summarise an Evennia audit trail (audit_YYYY-MM-DD*.log[.gz]).",
-        epilog="Exit status: 0 ok (also when a search matches nothing), 1 nothing to replay/export, "
-               "2 usage error or missing directory.",
-    )
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--dir", default=None,
-                        help="trail directory (default: ./server/logs if it exists, else .)")
+class Shared:
+    """Argument groups several subcommands share (parents for `add_parser`)."""
 
-    times = argparse.ArgumentParser(add_help=False)
-    times.add_argument("--since", metavar="T", help="from this time: ISO 8601 (2026-11-27T07:40Z) or relative (30m, 2h, 7d)")
-    times.add_argument("--until", metavar="T", help="up to this time (inclusive; a bare date means its end)")
+    def __init__(self):
+        self.common = argparse.ArgumentParser(add_help=False)
+        self.common.add_argument("--dir", default=None,
+                                 help="trail directory (default: ./server/logs if it exists, else .)")
+        self.times = argparse.ArgumentParser(add_help=False)
+        self.times.add_argument("--since", metavar="T",
+                                help="from this time: ISO 8601 (2026-11-27T07:40Z) or relative (30m, 2h, 7d)")
+        self.times.add_argument("--until", metavar="T", help="up to this time (inclusive; a bare date means its end)")
+        self.filters = argparse.ArgumentParser(add_help=False)
+        group = self.filters.add_argument_group("filters (all given must match)")
+        group.add_argument("--account", metavar="NAME",
+                           help="account (bob, bob#1, #1, bo*), also the tried account of a failed login and "
+                                "the account's connections before their login")
+        group.add_argument("--character", metavar="NAME", help="puppeted character")
+        group.add_argument("--room", metavar="NAME", help="room the character was in")
+        group.add_argument("--ip", metavar="ADDR", help="client address or CIDR network")
+        group.add_argument("--conn", metavar="ID", help="connection id, or a glob (67470c2a1f3b-*)")
+        group.add_argument("--direction", type=str.upper, choices=("RCV", "SND"),
+                           help="RCV: player input, SND: game output")
+        group.add_argument("--kind", metavar="KIND", help="record kind(s), comma-separated: " + ", ".join(trail.KINDS))
+        group.add_argument("--text", metavar="REGEX", help="regular expression searched in the recorded text")
+        group.add_argument("-i", "--ignore-case", action="store_true", help="--text ignores case")
 
-    filters = argparse.ArgumentParser(add_help=False)
-    group = filters.add_argument_group("filters (all given must match)")
-    group.add_argument("--account", metavar="NAME", help="account (bob, bob#1, #1, bo*), also the tried account of a failed login")
-    group.add_argument("--character", metavar="NAME", help="puppeted character")
-    group.add_argument("--room", metavar="NAME", help="room the character was in")
-    group.add_argument("--ip", metavar="ADDR", help="client address or CIDR network")
-    group.add_argument("--conn", metavar="ID", help="connection id, or a glob (67470c2a1f3b-*)")
-    group.add_argument("--direction", type=str.upper, choices=("RCV", "SND"), help="RCV: player input, SND: game output")
-    group.add_argument("--kind", metavar="KIND", help="record kind(s), comma-separated: " + ", ".join(trail.KINDS))
-    group.add_argument("--text", metavar="REGEX", help="regular expression searched in the recorded text")
-    group.add_argument("-i", "--ignore-case", action="store_true", help="--text ignores case")
 
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-
-    search = sub.add_parser("search", parents=[common, times, filters], help="find records",
-                            description="Print matching records as a table, JSON Lines (--json) or a count.")
+def add_search(sub, shared):
+    search = sub.add_parser("search", parents=[shared.common, shared.times, shared.filters], help="find records",
+                            description="Print matching records as a table, JSON Lines (--json) or a count.",
+                            epilog=f"Legend: {render.LEGEND}.")
     mode = search.add_mutually_exclusive_group()
-    mode.add_argument("--json", action="store_true", help="JSON Lines, the records as stored (pipe to jq)")
+    mode.add_argument("--json", action="store_true", help="JSON Lines, the records as stored, C0 and C1 escaped")
     mode.add_argument("--count", action="store_true", help="print only the number of matching records")
+    mode.add_argument("--wide", action="store_true", help="every field of every record, nothing cut")
     search.add_argument("--limit", type=_positive_int, metavar="N", help="stop after N matches")
     search.add_argument("--no-prefilter", action="store_true",
                         help="parse every line (slower; reports every malformed line)")
+    search.add_argument("-f", "--follow", action="store_true",
+                        help="keep printing new matching records as they are written (tail -F); with --since, "
+                             "first those already written since then")
+    search.add_argument("--interval", type=_positive_float, default=FOLLOW_INTERVAL, metavar="S",
+                        help=f"with --follow: seconds between two looks (default {FOLLOW_INTERVAL})")
     search.set_defaults(func=cmd_search)
 
-    def target(subparser):
-        which = subparser.add_mutually_exclusive_group(required=True)
-        which.add_argument("--conn", metavar="ID", help="one connection (its id, or a glob matching only it)")
-        which.add_argument("--account", metavar="NAME", help="every connection of an account")
-        subparser.add_argument("--no-color", action="store_true", help="strip colours (also when NO_COLOR is set)")
 
-    replay = sub.add_parser("replay", parents=[common, times], help="print a session transcript",
-                            description="Transcript of a connection or an account: input after '> ', "
-                                        "output rendered, every line timestamped.")
-    target(replay)
+def add_sessions(sub, shared):
+    sessions = sub.add_parser("sessions", parents=[shared.common, shared.times, shared.filters],
+                              help="one line per connection",
+                              description="One line per connection: start, end, duration, connection, account(s), "
+                                          "character(s), IP, protocol, end reason, records. With filters: the "
+                                          "connections having a matching record.")
+    sessions.add_argument("--json", action="store_true", help="JSON Lines, one object per connection")
+    sessions.set_defaults(func=cmd_sessions)
+
+
+def _add_target(subparser):
+    which = subparser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--conn", metavar="ID", help="one connection (its id, or a glob matching only it)")
+    which.add_argument("--account", metavar="NAME", help="every connection of an account")
+    subparser.add_argument("--no-color", action="store_true", help="strip colours (also when NO_COLOR is set)")
+
+
+def add_replay(sub, shared):
+    replay = sub.add_parser("replay", parents=[shared.common, shared.times], help="print a session transcript",
+                            description="Transcript of a connection or an account, every line timestamped.",
+                            epilog=f"Legend: {render.LEGEND}.")
+    _add_target(replay)
     replay.add_argument("--speed", type=_positive_float, metavar="X",
                         help="replay in real time divided by X (2 = twice as fast)")
     replay.add_argument("--max-wait", type=_positive_float, default=3.0, metavar="S",
                         help="longest wait between two records with --speed (default 3 s)")
     replay.set_defaults(func=cmd_replay)
 
-    export = sub.add_parser("export", parents=[common, times], help="write an asciicast recording",
-                            description="Write an asciicast v2 file (asciinema play FILE). Input is shown as an "
-                                        "'o' echo of '> line' so players display it.")
+
+def add_export(sub, shared):
+    export = sub.add_parser("export", parents=[shared.common, shared.times], help="write an asciicast recording",
+                            description="Write an asciicast v2 file (asciinema play FILE), mode 0600. Input is "
+                                        "shown as an 'o' echo of '> line' so players display it.")
     export.add_argument("--format", choices=("asciicast",), default="asciicast", help="output format (asciicast v2)")
-    target(export)
+    _add_target(export)
     export.add_argument("-o", "--output", required=True, metavar="FILE", help="file to write ('-': stdout)")
     export.add_argument("--width", type=_positive_int, help="terminal columns (default: longest line, 80..250)")
     export.add_argument("--height", type=_positive_int, default=30, help="terminal rows (default 30)")
     export.add_argument("--title", help="recording title")
-    export.add_argument("--idle-limit", type=_positive_float, metavar="S", help="players compress pauses longer than S seconds")
+    export.add_argument("--idle-limit", type=_positive_float, metavar="S",
+                        help="players compress pauses longer than S seconds")
     export.set_defaults(func=cmd_export)
 
-    stats = sub.add_parser("stats", parents=[common, times, filters], help="summarise the trail",
-                           description="Records per account per day, top IPs, login failures, lost records, malformed lines.")
+
+def add_stats(sub, shared):
+    stats = sub.add_parser("stats", parents=[shared.common, shared.times, shared.filters], help="summarise the trail",
+                           description="Records per account per day, top IPs, login failures, lost records, "
+                                       "malformed lines.")
     stats.add_argument("--top", type=_positive_int, default=10, metavar="N", help="rows in the top lists (default 10)")
     stats.add_argument("--json", action="store_true", help="one JSON document")
     stats.set_defaults(func=cmd_stats)
+
+
+def build_parser():
+    """The argument parser. A subcommand is one `add_NAME(sub, shared)` call here: it adds its parser
+    to `sub` (with `shared.common`, `.times`, `.filters` as parents if it wants them) and sets `func`."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Search, follow, replay, export and summarise an Evennia audit trail "
+                    "(audit_YYYY-MM-DD*.log[.gz], logrotate's names too).",
+        epilog="Exit status (like grep): 0 matched, 1 nothing matched, 2 error (usage, missing directory, "
+               f"no audit file). Legend: {render.LEGEND}.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    shared = Shared()
+    add_search(sub, shared)
+    add_sessions(sub, shared)
+    add_replay(sub, shared)
+    add_export(sub, shared)
+    add_stats(sub, shared)
     return parser
 
 
@@ -792,7 +886,7 @@ def main(argv=None):
         return args.func(args)
     except TrailError as error:
         sys.stderr.write(f"{PROG}: error: {error}\n")
-        return 2
+        return EXIT_ERROR
     except BrokenPipeError:
         # The reader went away (`| head`): not an error. Keep Python from complaining at exit.
         try:

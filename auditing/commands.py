@@ -10,19 +10,35 @@ Add it to a command set of your game, e.g. in `commands/default_cmdsets.py`:
             super().at_cmdset_creation()
             self.add(CmdAudit())
 
-Who may use it: `AUDIT_COMMAND_LOCK` (default `"cmd:perm(Admin) or perm(Developer)"`). It shows the
-records the audit writer has seen since the server started (the last 200 per account, character and
-connection, kept in memory, already scrubbed); for older history use `evennia-audit` on the files.
-Every use is itself recorded, as an `audit_view` record naming who looked at whom.
+Who may use it: `AUDIT_COMMAND_LOCK` (default `"cmd:perm(Admin) or perm(Developer)"`). What it shows
+comes from the audit trail itself, the files of the file sink in `AUDIT_LOG_DIR` (read with
+`auditing.trail`, like `evennia-audit`), so history survives reloads and restarts. The files are read
+off the reactor thread (`deferToThread`) and each look is bounded in time (`READ_BUDGET`) and records,
+newest day first: a long trail never stalls the game. Everything shown is inert (`auditing.render`):
+a player's colour codes, links (`|lc...|le`) and control characters are shown, never interpreted.
+Every use is itself recorded, as an `audit_view` record naming who looked at whom and how.
 """
 
-from django.conf import settings
+import datetime
+import functools
+import time
+
 from evennia import Command
+from twisted.internet import threads
 
-from . import conf, service
+from . import conf, render, service, trail
+from .render import for_game
 
-_DEFAULT_LIMIT = 20
-_TRANSCRIPT_LIMIT = 40
+DEFAULT_LIMIT = 20
+TRANSCRIPT_LIMIT = 40
+SESSIONS_LIMIT = 10
+MAX_LIMIT = 200
+READ_BUDGET = 5.0  # seconds one look at the trail may take (off the reactor thread)
+SESSION_SCAN_RECORDS = 20_000  # newest records of an account searched for its connections
+FLUSH_TIMEOUT = 0.5  # seconds waited for the writer, so what was just typed is in the files
+
+# Runs `function` off the reactor thread and returns a Deferred (a seam for tests).
+defer_to_thread = threads.deferToThread
 
 
 def _lock():
@@ -32,24 +48,43 @@ def _lock():
         return conf.DEFAULT_COMMAND_LOCK  # the start-up error names the bad value
 
 
+class Target:
+    """Whom the staff member asked about: field ("account" or "character"), the name#dbref the trail
+    uses (or the name as typed for one no longer in the database), and its live connection id."""
+
+    def __init__(self, field, key, conn=None):
+        self.field, self.key, self.conn = field, key, conn
+
+    def filter(self, **options):
+        return trail.Filter(**{self.field: self.key}, **options)
+
+    def owns(self, record):
+        """The record is this account's / character's own (not a failed login that tried the name)."""
+        return trail.name_matcher(self.key)(record.get(self.field))
+
+
 class CmdAudit(Command):
     """
     look at the audit trail
 
     Usage:
       audit <account or character>[ = <number>]
-      audit/transcript <account or character>
+      audit/transcript <account or character>[ = <number>]
+      audit/sessions <account or character>[ = <number>]
       audit/stats
 
     The first form lists the last records (20 by default) of an account or
-    character. /transcript shows what the current connection of that account
-    or character typed and was shown, in order. /stats shows the audit
-    pipeline's counters: records delivered, lost, and whether the output fails.
-    Records are the scrubbed ones: passwords appear as ********.
+    character. /transcript shows what its current connection (or, if it is
+    not connected, its last one) typed and was shown, in order. /sessions
+    lists its last connections: start, end, duration, IP, protocol, end
+    reason and record count. /stats shows the audit pipeline's counters.
+    Legend: > typed by the player, < shown by the game, *** connection
+    event, !!! records lost. Records are the scrubbed ones: passwords appear
+    as ********. Older history: evennia-audit on the files.
     """
 
     key = "audit"
-    switch_options = ("transcript", "stats")
+    switch_options = ("transcript", "sessions", "stats")
     locks = conf.DEFAULT_COMMAND_LOCK
     help_category = "Admin"
 
@@ -67,7 +102,7 @@ class CmdAudit(Command):
         target, _, number = args.partition("=")
         self.target = target.strip()
         try:
-            self.limit = max(1, min(int(number.strip()), 200)) if number.strip() else None
+            self.limit = max(1, min(int(number.strip()), MAX_LIMIT)) if number.strip() else None
         except ValueError:
             self.limit = None
             self.target = args.strip()
@@ -82,86 +117,152 @@ class CmdAudit(Command):
             self._show_stats()
             return
         if not self.target:
-            self.msg("Usage: audit <account or character>[ = <number>]  |  audit/transcript <name>  |  audit/stats")
+            self.msg("Usage: audit <name>[ = <number>]  |  audit/transcript <name>  |  audit/sessions <name>  "
+                     "|  audit/stats")
             return
-        field, key, connection = self._find(self.target)
-        if key is None:
-            self.msg(f"No account or character '{self.target}' found.")
-            return
-        recent = live.pipeline.recent
-        live.pipeline.flush(timeout=0.25)  # include what was just typed (bounded: game thread)
-        if "transcript" in self.switches:
-            self._record_use(live, "transcript", key)
-            if connection is None:
-                self.msg(f"{key} is not connected.")
-                return
-            records = recent.get("conn", connection, self.limit or _TRANSCRIPT_LIMIT)
-            self.msg(self._transcript(key, records))
-        else:
-            self._record_use(live, "records", key)
-            records = recent.get(field, key, self.limit or _DEFAULT_LIMIT)
-            self.msg(self._table(key, records))
+        target = self._find(self.target)
+        mode = next((s for s in ("transcript", "sessions") if s in self.switches), "records")
+        self._record_use(live, mode, target.key)
+        work = functools.partial(LOOKS[mode], conf.get().log_dir, target, self.limit,
+                                 flush=functools.partial(live.pipeline.flush, timeout=FLUSH_TIMEOUT))
+        deferred = defer_to_thread(work)
+        deferred.addCallbacks(self.msg, self._failed)
+        return deferred
+
+    def _failed(self, failure):
+        from evennia.utils import logger
+
+        logger.log_err(f"auditing: the audit command could not read the trail: {failure.getErrorMessage()}")
+        self.msg(f"Could not read the audit trail: {for_game(failure.getErrorMessage(), one_line=True)}")
 
     def _find(self, name):
-        """(field, "name#dbref", connection id of its newest session) for an account or character."""
+        """The Target for an account or character name (a name the database no longer knows is
+        looked up in the trail as typed)."""
         from evennia.accounts.models import AccountDB
         from evennia.objects.models import ObjectDB
 
-        account = AccountDB.objects.filter(username__iexact=name).first()
-        if account is not None:
-            sessions = account.sessions.all()
-            conn = sessions[-1].audit_conn if sessions else None
-            return "account", f"{account.key}{account.dbref}", conn
-        character = ObjectDB.objects.filter(db_key__iexact=name).first()
-        if character is not None:
-            sessions = character.sessions.all()
-            conn = sessions[-1].audit_conn if sessions else None
-            return "character", f"{character.key}{character.dbref}", conn
-        return None, None, None
+        for field, found in (("account", AccountDB.objects.filter(username__iexact=name).first()),
+                             ("character", ObjectDB.objects.filter(db_key__iexact=name).first())):
+            if found is not None:
+                sessions = found.sessions.all()
+                conn = getattr(sessions[-1], "audit_conn", None) if sessions else None
+                return Target(field, f"{found.key}{found.dbref}", conn)
+        return Target("account", name)
 
     def _record_use(self, live, mode, target):
         session = self.session
         if session is not None and hasattr(session, "audit_conn"):
             live.record(session, "audit_view", mode=mode, target=target)
 
-    @staticmethod
-    def _line(record):
-        when = record.get("time", "")[:19].replace("T", " ")
-        kind = record.get("kind", "io")
-        if kind == "io":
-            arrow = "|c<|n" if record.get("direction") == "RCV" else "|y>|n"
-            text = record.get("text", "") or ", ".join(record.get("data", {}) or {})
-            return f"|w{when}|n {arrow} {text}"
-        details = " ".join(
-            f"{name}={record[name]}"
-            for name in ("ip", "protocol", "tried_account", "puppet", "reason", "lost", "target")
-            if record.get(name) not in (None, "")
-        )
-        return f"|w{when}|n |m[{kind}]|n {details}"
-
-    def _table(self, key, records):
-        if not records:
-            return f"No records of {key} since the server started (see evennia-audit for older ones)."
-        lines = [f"|wLast {len(records)} records of {key}|n (< typed, > shown):"]
-        lines.extend(self._line(record) for record in records)
-        return "\n".join(lines)
-
-    def _transcript(self, key, records):
-        if not records:
-            return f"No records of {key}'s current connection yet."
-        first = records[0]
-        lines = [
-            f"|wTranscript of {key}|n, connection {first.get('conn')} from {first.get('ip', '?')} "
-            f"({first.get('protocol', '?')}):"
-        ]
-        lines.extend(self._line(record) for record in records)
-        return "\n".join(lines)
-
     def _show_stats(self):
         stats = service.current().stats()
         lines = ["|wAudit pipeline|n"]
         for name in ("output", "accepted", "delivered", "queued", "retrying", "lost", "failing",
                      "last_cause", "build_errors", "capture_errors"):
-            lines.append(f"  {name:<15} {stats.get(name)}")
-        lines.append(f"  {'log dir':<15} {getattr(settings, 'AUDIT_LOG_DIR', None) or settings.LOG_DIR}")
+            lines.append(f"  {name:<15} {for_game(str(stats.get(name)), one_line=True)}")
+        lines.append(f"  {'log dir':<15} {for_game(conf.get().log_dir, one_line=True)}")
         self.msg("\n".join(lines))
+
+
+# ---------------------------------------------------------------- looks at the trail (off the reactor)
+
+
+class _Budget:
+    """The time left for one look; `incomplete` says when it ran out."""
+
+    def __init__(self, seconds=None):
+        self.clock = time.monotonic
+        self.deadline = self.clock() + (READ_BUDGET if seconds is None else seconds)
+        self.incomplete = False
+
+    def left(self):
+        return max(self.deadline - self.clock(), 0.0)
+
+    def take(self, iterable):
+        for count, item in enumerate(iterable):
+            if count % 256 == 0 and self.clock() > self.deadline:
+                self.incomplete = True
+                return
+            yield item
+
+    def note(self):
+        return (f"\n|y(stopped after {READ_BUDGET:g} s: older records were not searched; "
+                f"evennia-audit reads everything)|n" if self.incomplete else "")
+
+
+def _newest(directory, flt, limit, budget, keep=None):
+    records, complete = trail.newest(directory, flt, limit, keep=keep, budget=budget.left())
+    budget.incomplete = budget.incomplete or not complete
+    return records
+
+
+def _guard(look):
+    """A look returns the text to show; a trail that cannot be read is said, not raised."""
+
+    @functools.wraps(look)
+    def guarded(directory, target, limit, flush=None):
+        if flush is not None:
+            flush()  # what was just typed reaches the files first (bounded)
+        try:
+            return look(directory, target, limit, _Budget())
+        except trail.TrailError as error:
+            return f"Cannot read the audit trail: {for_game(str(error), one_line=True)}"
+
+    return guarded
+
+
+@_guard
+def look_records(directory, target, limit, budget):
+    """The last records of an account or character (also failed logins that tried the name)."""
+    records = _newest(directory, target.filter(), limit or DEFAULT_LIMIT, budget)
+    name = for_game(target.key, one_line=True)
+    if not records:
+        return f"No records of {name} in the audit trail ({for_game(directory, one_line=True)})." + budget.note()
+    lines = [f"|wLast {len(records)} records of {name}|n ({render.LEGEND}):"]
+    lines.extend(render.game_line(record) for record in records)
+    return "\n".join(lines) + budget.note()
+
+
+@_guard
+def look_transcript(directory, target, limit, budget):
+    """The current connection of the target, or its last one if it is not connected."""
+    name = for_game(target.key, one_line=True)
+    conn, until, when = target.conn, None, "current connection"
+    if conn is None:
+        last = _newest(directory, target.filter(), 1, budget, keep=lambda r: target.owns(r) and r.get("conn"))
+        if not last:
+            return f"{name} is not connected and has no connection in the audit trail." + budget.note()
+        conn = last[0]["conn"]
+        until = trail.parse_time(last[0]["time"]) + datetime.timedelta(days=1)  # its logout and disconnect
+        when = "last connection (not connected now)"
+    records = _newest(directory, trail.Filter(conn=conn, until=until), limit or TRANSCRIPT_LIMIT, budget)
+    if not records:
+        return f"No records of {name}'s {when} yet." + budget.note()
+    first = records[0]
+    lines = [f"|wTranscript of {name}|n, {when} {for_game(conn, one_line=True)} from "
+             f"{for_game(str(first.get('ip', '?')), one_line=True)} "
+             f"({for_game(str(first.get('protocol', '?')), one_line=True)}); {render.LEGEND}:"]
+    lines.extend(render.game_line(record) for record in records)
+    return "\n".join(lines) + budget.note()
+
+
+@_guard
+def look_sessions(directory, target, limit, budget):
+    """The last connections of the target, one line each (the same `trail.sessions` as the CLI)."""
+    limit = limit or SESSIONS_LIMIT
+    name = for_game(target.key, one_line=True)
+    owned = _newest(directory, target.filter(), SESSION_SCAN_RECORDS, budget,
+                    keep=lambda r: target.owns(r) and r.get("conn"))
+    conns = list(dict.fromkeys(r["conn"] for r in reversed(owned)))[:limit]
+    if not conns:
+        return f"No connections of {name} in the audit trail." + budget.note()
+    first = min(r["time"] for r in owned if r["conn"] in conns)
+    flt = trail.Filter(conn=conns, since=trail.parse_time(first[:10]))
+    found = trail.sessions(record for record, _line in budget.take(trail.Reader(directory, flt)))
+    rows = [render.session_row(entry) for entry in found]
+    lines = [f"|wLast {len(found)} connection(s) of {name}|n:"]
+    lines.extend(render.table([render.SESSION_HEADER] + rows, for_game))
+    return "\n".join(lines) + budget.note()
+
+
+LOOKS = {"records": look_records, "transcript": look_transcript, "sessions": look_sessions}

@@ -10,17 +10,16 @@ The game listens on 127.0.0.1 only (ports chosen when the game is created) and u
 import argparse
 import json
 import os
-import re
 import secrets
 import sys
 import time
 
+from . import render
 from .testing.clients import TelnetClient, WebClient
 from .testing.game import AUDITED_SESSION_CLASS, GameServer, GameServerError
 
 STATE = "demo_state.json"
 PLAYER = "demo_player"
-_MARKUP_RE = re.compile(r"\|(?:\d{3}|#[0-9a-fA-F]{6}|\[[a-zA-Z]|\[\d{3}|[a-zA-Z_/\-*^>=<!]|\|)")
 
 
 def _game(directory):
@@ -49,34 +48,21 @@ def _save_state(game, state):
     os.chmod(path, 0o600)
 
 
-def _plain(text):
-    text = _MARKUP_RE.sub(lambda m: "|" if m.group(0) == "||" else "", text or "")
-    text = text.replace("\r", "").strip("\n")
-    return text.replace("\n", " ⏎ ")
-
-
 def format_record(record, width=110):
-    """One readable line: time, direction/kind, account/character, protocol, text."""
+    """One readable, inert line: time, legend marker and direction/kind, account/character, protocol,
+    and the record's description (the same `describe` the CLI and the in-game command use)."""
     when = record.get("time", "")
     when = when[11:23] if len(when) >= 23 else when
     kind = record.get("kind", "?")
-    what = record.get("direction", "?") if kind == "io" else kind.upper()
-    who = record.get("account", "-")
+    what = render.MARKERS[render.style(record)] + (record.get("direction", "?") if kind == "io" else kind.upper())
+    who = str(record.get("account") or "-")
     if record.get("character"):
-        who += "/" + record["character"]
-    if kind == "loss":
-        text = f"LOST {record.get('lost')} records ({record.get('cause')})"
-    elif kind == "io":
-        text = _plain(record.get("text", ""))
-        if not text:
-            text = json.dumps(record["data"], ensure_ascii=False) if record.get("data") else "(no text)"
-    else:
-        extras = {k: v for k, v in record.items() if k in ("reason", "tried_account", "character",
-                                                          "room")}
-        text = " ".join(f"{k}={v}" for k, v in extras.items())
+        who += "/" + str(record["character"])
+    text = render.describe(record, skip=("account", "character", "protocol"), with_kind=False)
     if len(text) > width:
         text = text[: width - 1] + "…"
-    return f"{when:12}  {what:13} {who:24} {record.get('protocol', ''):20} {text}"
+    cells = (when, what, who, str(record.get("protocol", "")), text or "(no text)")
+    return render.for_terminal(f"{cells[0]:12}  {cells[1]:17} {cells[2]:24} {cells[3]:20} {cells[4]}", one_line=True)
 
 
 def _leak_forms(secret):
@@ -162,6 +148,7 @@ def run(directory):
 
     print()
     print(f"==== audit trail of this run ({len(records)} records) ====")
+    print(f"({render.LEGEND})")
     for record in records:
         print(format_record(record))
     print()

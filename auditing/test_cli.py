@@ -16,6 +16,8 @@ import os
 import re
 import shutil
 import tempfile
+import threading
+import time
 import unittest
 from unittest import mock
 
@@ -218,12 +220,15 @@ class TrailFixture(unittest.TestCase):
 
     def search(self, *args):
         status, out, err = run("search", "--dir", self.dir, *args)
-        self.assertEqual(status, 0, err)
+        self.assertIn(status, (0, 1), err)
+        self.last_status = status
         return out, err
 
     def count(self, *args):
         out, _err = self.search("--count", *args)
-        return int(out.strip())
+        count = int(out.strip())
+        self.assertEqual(self.last_status, 0 if count else 1)  # grep: 1 when nothing matched
+        return count
 
     def json_records(self, *args):
         out, _err = self.search("--json", *args)
@@ -290,12 +295,26 @@ class FilterTests(TrailFixture):
         self.assertEqual(self.count("--no-prefilter", *args), len(expected), args)
         self.assertEqual(self.json_records(*args), expected, args)
 
+    def owned(self, account):
+        """Records of `account`, with its connections' records from before the login (no account)."""
+        conns = {e["conn"] for e in self.events if e.get("account") == account}
+        return lambda e: e.get("account") == account or (not e.get("account") and e.get("conn") in conns)
+
     def test_account(self):
-        bob = lambda e: e.get("account") == "bob#1" or e.get("tried_account") == "bob"  # noqa: E731
+        bob = lambda e: self.owned("bob#1")(e) or e.get("tried_account") == "bob"  # noqa: E731
         self.check(["--account", "bob"], bob)
-        self.check(["--account", "BOB#1"], lambda e: e.get("account") == "bob#1")
-        self.check(["--account", "#2"], lambda e: e.get("account") == "alice#2")
-        self.check(["--account", "al*"], lambda e: e.get("account") == "alice#2")
+        self.check(["--account", "BOB#1"], self.owned("bob#1"))
+        self.check(["--account", "#2"], self.owned("alice#2"))
+        self.check(["--account", "al*"], self.owned("alice#2"))
+
+    def test_account_includes_the_records_before_its_login(self):
+        records = self.json_records("--account", "bob", "--conn", f"{PREFIX}-1")
+        self.assertEqual([r["kind"] for r in records[:4]], ["connect", "io", "io", "login"])
+        self.assertEqual(records[2]["text"], "connect bob ********")
+        self.assertEqual(records[-1]["kind"], "disconnect")  # after the logout: no account either
+        # the other connection that only tried the name is not bob's: only its login_fail matches
+        other = self.json_records("--account", "bob", "--conn", f"{PREFIX}-2")
+        self.assertEqual([r["kind"] for r in other], ["login_fail"])
         self.check(["--account", "bo"], lambda e: False, minimum=0)
 
     def test_account_includes_tried_account_kept_in_data(self):
@@ -426,6 +445,7 @@ class SearchOutputTests(TrailFixture):
     def test_no_match_message(self):
         out, err = self.search("--account", "nobody")
         self.assertIn("no records matched", err)
+        self.assertEqual(self.last_status, 1)
 
 
 class MalformedTests(TrailFixture):
@@ -480,14 +500,11 @@ class MalformedTests(TrailFixture):
         self.addCleanup(shutil.rmtree, tmp)
         with open(os.path.join(tmp, "server.log"), "w") as handle:
             handle.write("not an audit file\n")
-        status, out, err = run("search", "--dir", tmp, "--count")
-        self.assertEqual((status, out), (0, "0\n"))
-        self.assertIn("no audit files", err)
-        status, out, err = run("stats", "--dir", tmp, "--json")
-        self.assertEqual(status, 0)
-        self.assertEqual(orjson.loads(out)["records"], 0)
-        status, out, err = run("replay", "--dir", tmp, "--conn", "x")
-        self.assertEqual(status, 1)
+        for argv in (["search", "--count"], ["stats", "--json"], ["sessions"], ["replay", "--conn", "x"],
+                     ["search", "--account", "bob"]):
+            status, out, err = run(argv[0], "--dir", tmp, *argv[1:])
+            self.assertEqual((status, out), (2, ""), argv)  # grep: 2 when there is no file to read
+            self.assertIn("no audit files", err)
         status, out, err = run("search", "--dir", os.path.join(tmp, "missing"), "--count")
         self.assertEqual(status, 2)
         self.assertIn("no such directory", err)
@@ -536,12 +553,12 @@ class ReplayTests(TrailFixture):
 
     def test_order_by_time_then_seq_across_files(self):
         out = self.replay("--conn", f"{PREFIX}-4", "--no-color")
-        lines = out.splitlines()[1:]
+        lines = out.splitlines()[2:]
         said = [int(m.group(1)) for line in lines for m in [re.search(r'> say line (\d+)$', line)] if m]
         self.assertEqual(said, list(range(30)))  # across rotated files
         first = [line for line in lines if "late night" in line]
         self.assertTrue(first[0].startswith("2026-11-26 23:59:59.500 > say late night"), first)
-        self.assertTrue(first[1].startswith('2026-11-27 00:00:00.500   You say, "late night"'), first)
+        self.assertTrue(first[1].startswith('2026-11-27 00:00:00.500 < You say, "late night"'), first)
         stamps = [line[:23] for line in lines]
         self.assertEqual(stamps, sorted(stamps))
 
@@ -556,10 +573,12 @@ class ReplayTests(TrailFixture):
         self.assertNotIn("\x1b", out)
         lines = out.splitlines()
         self.assertTrue(lines[0].startswith("# "))
-        self.assertIn("2026-11-25 10:00:00.100   Welcome to TestGame!", lines)
-        self.assertIn("2026-11-25 10:00:00.100   Type connect <name> <password>", lines)
+        self.assertEqual(lines[1], "# > typed by the player, < shown by the game, *** connection event, "
+                                   "!!! records lost")
+        self.assertIn("2026-11-25 10:00:00.100 < Welcome to TestGame!", lines)
+        self.assertIn("2026-11-25 10:00:00.100 < Type connect <name> <password>", lines)
         self.assertIn("2026-11-25 10:00:05.000 > connect bob ********", lines)
-        self.assertIn("2026-11-25 10:00:06.000   Welcome to your new Evennia-based game! ALERT xterm grey 100| sure",
+        self.assertIn("2026-11-25 10:00:06.000 < Welcome to your new Evennia-based game! ALERT xterm grey 100| sure",
                       lines)
         self.assertIn("2026-11-25 10:00:12.000 > say café ☕ ^[[2J", lines)
         self.assertIn("2026-11-25 10:00:20.100 *** disconnect protocol=telnet ip=10.0.0.5 reason=quit", lines)
@@ -577,8 +596,8 @@ class ReplayTests(TrailFixture):
         self.assertNotIn("\x1b[2J", out)
         # a colour still active at a line break carries over to the next line
         out = self.replay("--conn", f"{PREFIX}-3")
-        self.assertIn("   \x1b[22m\x1b[33mMarket Square\x1b[0m\n", out)
-        self.assertIn("   \x1b[22m\x1b[33mStalls everywhere.\x1b[0m\x1b[0m\n", out)
+        self.assertIn(" < \x1b[22m\x1b[33mMarket Square\x1b[0m\n", out)
+        self.assertIn(" < \x1b[22m\x1b[33mStalls everywhere.\x1b[0m\x1b[0m\n", out)
 
     def test_account_replay_interleaves_connections_and_shows_losses(self):
         out = self.replay("--account", "alice", "--no-color")
@@ -618,28 +637,6 @@ class ReplayTests(TrailFixture):
         self.assertLess(time.monotonic() - started, 3)
         self.assertIn("login_fail", out)
 
-    def test_render_matches_evennia(self):
-        try:
-            from evennia.utils.ansi import parse_ansi
-        except Exception as error:  # outside a game: Django settings not configured
-            self.skipTest(f"evennia.utils.ansi not importable: {error}")
-        samples = [
-            "|rred|n |Rdark|n |gg|Gg |yy|Yy |bb|Bb |mm|Mm |cc|Cc |ww|Ww |xx|Xx",
-            "|[rbg|[R|[gbg|[Gbg|n|[x|[X |!Rplain|!G|n |hhi|Hlo",
-            "|123a|[050b|=ac|=zd|=me|[=bf|n",
-            "|/line|-tab|_space|>indent",
-            "|uunder|Uline |iit|I |sst|S |*inv|n |^blink|n",
-            "pipe || brace {{ |lclook|ltLook around|le url |luhttps://x.org|ltsite|le",
-            "|#ff0000red|[#00f blue|n unknown |z |",
-            "||r not red ||[r not bg |||r red",
-            "plain text, no markup",
-        ]
-        for sample in samples:
-            want = parse_ansi(sample, xterm256=True, truecolor=True).replace("\r\n", "\n")
-            self.assertEqual(cli.render(sample, color=True), want, sample)
-            want = parse_ansi(sample, strip_ansi=True).replace("\r\n", "\n")
-            self.assertEqual(cli.render(sample, color=False), want, sample)
-
 
 class ExportTests(TrailFixture):
     def export(self, *args):
@@ -676,7 +673,7 @@ class ExportTests(TrailFixture):
         self.assertAlmostEqual(events[-1][0], _epoch(conn[-1]["time"]) - _epoch(conn[0]["time"]), places=3)
         texts = [text for _, _, text in events]
         self.assertIn("> look\r\n", texts)
-        self.assertIn("  Welcome to TestGame!\r\n  Type connect <name> <password>\r\n", texts)
+        self.assertIn("< Welcome to TestGame!\r\n< Type connect <name> <password>\r\n", texts)
         self.assertGreaterEqual(header["width"], 80)
 
     def test_account_with_color(self):
@@ -734,6 +731,454 @@ class StatsTests(TrailFixture):
         stats = orjson.loads(out)
         self.assertEqual(stats["files"], sum(1 for n in os.listdir(self.dir) if n.startswith("audit_2026-11-27")))
         self.assertEqual(stats["records"], len(self.expect(lambda e: e["time"] >= "2026-11-27")))
+
+
+def _records(count, conn="c-1", start=_t(27, "08:00:00.000000"), **fields):
+    """`count` io records of one connection, one second apart from `start`."""
+    base = _epoch(start)
+    out = []
+    for n in range(count):
+        when = datetime.datetime.fromtimestamp(base + n, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        out.append({"v": 1, "kind": "io", "time": when, "conn": conn, "seq": n + 1, "direction": "RCV",
+                    "text": f"line {n}", **fields})
+    return out
+
+
+def _sink_write(sink, records):
+    sink.write([orjson.dumps(r) for r in records], [_epoch(r["time"]) for r in records])
+    sink.flush()
+
+
+class LogrotateNamesTests(unittest.TestCase):
+    """Files renamed by logrotate (numbered, gzip'd, dateext) are read, in writing order."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.dir)
+
+    def path(self, name):
+        return os.path.join(self.dir, name)
+
+    def gzip(self, name):
+        with open(self.path(name), "rb") as plain, gzip.open(self.path(name + ".gz"), "wb") as packed:
+            shutil.copyfileobj(plain, packed)
+        os.remove(self.path(name))
+
+    def test_numbered_gzipped_and_dateext_names_in_writing_order(self):
+        records = _records(50)
+        batches = [records[i:i + 10] for i in range(0, 50, 10)]
+        current = "audit_2026-11-27.log"
+        sink = FileSink(self.dir)
+        # logrotate `create` with `rotate 3`, `compress` (no delaycompress): .log.1 then .log.2.gz ...
+        _sink_write(sink, batches[0])
+        os.rename(self.path(current), self.path(current + ".1"))
+        _sink_write(sink, batches[1])  # the sink notices the rename and creates the file again
+        os.rename(self.path(current + ".1"), self.path(current + ".2"))
+        self.gzip(current + ".2")
+        os.rename(self.path(current), self.path(current + ".1"))
+        _sink_write(sink, batches[2])
+        # ... then the admin switches to `dateext`
+        os.rename(self.path(current), self.path(current + "-20261127"))
+        _sink_write(sink, batches[3])
+        os.rename(self.path(current), self.path(current + "-20261128"))
+        self.gzip(current + "-20261128")
+        _sink_write(sink, batches[4])
+        sink.close()
+        self.assertEqual(sorted(os.listdir(self.dir)), [
+            "audit_2026-11-27.log", "audit_2026-11-27.log-20261127", "audit_2026-11-27.log-20261128.gz",
+            "audit_2026-11-27.log.1", "audit_2026-11-27.log.2.gz"])
+        self.assertEqual(list(trail.read(self.dir)), records)
+        status, out, err = run("search", "--dir", self.dir, "--count")
+        self.assertEqual((status, out, err), (0, "50\n", ""))
+        status, out, err = run("replay", "--dir", self.dir, "--conn", "c-1", "--no-color")
+        said = [int(m.group(1)) for m in re.finditer(r"> line (\d+)$", out, re.M)]
+        self.assertEqual(said, list(range(50)))
+
+    def test_our_size_rotation_and_logrotate_together(self):
+        records = _records(40)
+        sink = FileSink(self.dir, max_bytes=1200)
+        _sink_write(sink, records[:20])  # makes audit_D.1.log, audit_D.2.log ... and audit_D.log
+        os.rename(self.path("audit_2026-11-27.log"), self.path("audit_2026-11-27.log-20261127"))
+        _sink_write(sink, records[20:])
+        sink.close()
+        names = [f.name for f in trail.list_files(self.dir)[0]]
+        self.assertIn("audit_2026-11-27.1.log", names)
+        self.assertLess(names.index("audit_2026-11-27.log-20261127"), names.index("audit_2026-11-27.log"))
+        self.assertEqual(sorted(r["seq"] for r in trail.read(self.dir)), list(range(1, 41)))
+
+    def test_other_names_still_ignored(self):
+        for name in ("audit_2026-11-27.log.bak", "audit_2026-11-27.log-old", "audit_2026-13-01.log", "server.log"):
+            with open(self.path(name), "w") as handle:
+                handle.write('{"kind": "io"}\n')
+        self.assertEqual(trail.list_files(self.dir)[0], [])
+
+
+class ExitStatusTests(TrailFixture):
+    """grep's statuses: 0 something matched, 1 nothing matched, 2 error or no audit file."""
+
+    def test_search_and_sessions(self):
+        for argv, status in ((["search", "--account", "bob"], 0), (["search", "--account", "nobody"], 1),
+                             (["search", "--count", "--account", "nobody"], 1), (["search", "--json", "--kind", "io"], 0),
+                             (["sessions", "--account", "alice"], 0), (["sessions", "--account", "nobody"], 1),
+                             (["stats"], 0), (["search", "--since", "someday"], 2)):
+            got, _out, err = run(argv[0], "--dir", self.dir, *argv[1:])
+            self.assertEqual(got, status, (argv, err))
+        self.assertEqual(run("search", "--dir", os.path.join(self.tmp, "nope"))[0], 2)
+
+
+class WideAndTableTests(TrailFixture):
+    def setUp(self):
+        self.extra = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.extra)
+        long_name = "bartholomew_the_unready_of_the_north#1234"
+        self.records = [
+            {"v": 1, "kind": "account_created", "time": _t(27, "09:00:00.000000"), "conn": "c-9", "seq": 1,
+             "created_account": "eve#9", "ip": "10.1.1.1", "hostname": "game1", "pid": 77, "session": "session#4"},
+            {"v": 1, "kind": "audit_view", "time": _t(27, "09:00:01.000000"), "conn": "c-9", "seq": 2,
+             "account": long_name, "target": "bob#1", "mode": "transcript", "hostname": "game1", "pid": 77},
+            {"v": 1, "kind": "io", "time": _t(27, "09:00:02.000000"), "conn": "c-9", "seq": 3, "direction": "SND",
+             "account": long_name, "text": "hello " * 40, "bytes": 240, "hostname": "game1", "pid": 77},
+        ]
+        sink = FileSink(self.extra)
+        _sink_write(sink, self.records)
+        sink.close()
+        self.long_name = long_name
+
+    def test_table_shows_every_detail_and_never_cuts_names(self):
+        status, out, err = run("search", "--dir", self.extra)
+        self.assertEqual(status, 0, err)
+        lines = out.splitlines()
+        self.assertIn("created_account=eve#9", lines[1])
+        self.assertIn("target=bob#1", lines[2])
+        self.assertIn("mode=transcript", lines[2])
+        self.assertIn(self.long_name, lines[2])
+        self.assertIn(self.long_name, lines[3])
+        self.assertTrue(lines[3].endswith("~"))  # only the text is fitted to the terminal
+
+    def test_wide_shows_every_field_whole(self):
+        status, out, err = run("search", "--dir", self.extra, "--wide")
+        lines = out.splitlines()
+        for part in ("hostname=game1", "pid=77", "session=session#4", "seq=1", "created_account=eve#9"):
+            self.assertIn(part, lines[1])
+        self.assertIn("hello " * 39 + "hello", lines[3])
+        self.assertIn("bytes=240", lines[3])
+        self.assertIn("pid=77", lines[3])
+
+
+class ExportFileTests(TrailFixture):
+    def test_written_0600_even_over_an_existing_file(self):
+        path = os.path.join(self.tmp, "open.cast")
+        with open(path, "w") as handle:
+            handle.write("old")
+        os.chmod(path, 0o644)
+        status, _out, err = run("export", "--dir", self.dir, "--conn", f"{PREFIX}-1", "-o", path)
+        self.assertEqual(status, 0, err)
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+        os.remove(path)
+        status, _out, err = run("export", "--dir", self.dir, "--conn", f"{PREFIX}-1", "-o", path)
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+
+    def test_never_through_a_symlink(self):
+        target = os.path.join(self.tmp, "victim")
+        with open(target, "w") as handle:
+            handle.write("precious")
+        link = os.path.join(self.tmp, "planted.cast")
+        os.symlink(target, link)
+        self.addCleanup(os.remove, link)
+        self.addCleanup(os.remove, target)
+        status, _out, err = run("export", "--dir", self.dir, "--conn", f"{PREFIX}-1", "-o", link)
+        self.assertEqual(status, 2)
+        self.assertIn("symbolic link", err)
+        with open(target) as handle:
+            self.assertEqual(handle.read(), "precious")
+
+
+def contrib_line(record, when="26-11-27 07:40:12"):
+    """A line as the old contrib writes it: Evennia's log_file prefix, then json.dumps of the record."""
+    import json
+    return f"\n{when} [-] {json.dumps(record)}".encode()
+
+
+class LegacyContribTests(unittest.TestCase):
+    """A file the old contrib wrote (and that our sink then appended to) is read whole."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.dir)
+        self.old = [
+            {"time": "2026-11-27 07:40:12.123456+00:00", "hostname": "game1", "application": "Evennia",
+             "version": "4.5.0", "pid": 11, "direction": "RCV", "protocol": "telnet", "ip": "10.0.0.5",
+             "session": "session#1", "account": "bob#1", "character": "", "room": "", "text": "look",
+             "bytes": 4, "data": {}},
+            {"time": "2026-11-27 07:40:13.000000+00:00", "hostname": "game1", "application": "Evennia",
+             "version": "4.5.0", "pid": 11, "direction": "SND", "protocol": "telnet", "ip": "10.0.0.5",
+             "session": "session#1", "account": "bob#1", "character": "", "room": "", "text": "Limbo \x9b",
+             "bytes": 5, "data": {}},
+        ]
+        with open(os.path.join(self.dir, "audit_2026-11-27.log"), "wb") as handle:
+            handle.write(b"".join(contrib_line(r) for r in self.old) + b"\n")  # log_file: no final newline
+        sink = FileSink(self.dir)
+        _sink_write(sink, _records(2, start=_t(27, "08:00:00.000000"), account="bob#1"))
+        sink.close()
+
+    def test_read_as_legacy_records_without_warnings(self):
+        status, out, err = run("search", "--dir", self.dir, "--json")
+        self.assertEqual((status, err), (0, ""))
+        self.assertNotIn(b"\xc2\x9b", out.encode())
+        records = [orjson.loads(line) for line in out.splitlines()]
+        self.assertEqual(len(records), 4)
+        self.assertEqual([r.get("legacy") for r in records], [True, True, None, None])
+        self.assertEqual(records[0]["time"], "2026-11-27T07:40:12.123456Z")
+        self.assertEqual(records[1]["text"], "Limbo \x9b")
+        self.assertEqual(run("search", "--dir", self.dir, "--count", "--account", "bob", "--until",
+                             "2026-11-27T07:50")[1], "2\n")
+        status, out, err = run("search", "--dir", self.dir)
+        self.assertIn("Limbo \\x9b", out)
+
+    def test_contrib_time_stamp_used_when_the_record_has_none(self):
+        record, reason = trail.decode_line(contrib_line({"direction": "RCV", "text": "x"}, "26-11-27 07:40:12+02")[1:])
+        self.assertIsNone(reason)
+        self.assertEqual(record["time"], "2026-11-27T05:40:12.000000Z")
+
+
+class ControlCharacterTests(unittest.TestCase):
+    """Nothing a player chose reaches the terminal raw; JSON escapes C0 and C1."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.dir)
+        self.evil = "\x1b]0;pwned\x07\x9b2J\u202e|lcquit|ltx|le"
+        sink = FileSink(self.dir)
+        _sink_write(sink, [
+            {"v": 1, "kind": "login_fail", "time": _t(27, "09:00:00.000000"), "conn": "c-7", "ip": "10.0.0.9",
+             "tried_account": self.evil, "reason": "no such account"},
+            {"v": 1, "kind": "io", "time": _t(27, "09:00:01.000000"), "conn": "c-7", "direction": "RCV",
+             "text": "say " + self.evil, "account": self.evil},
+        ])
+        sink.close()
+
+    def test_no_raw_control_character_in_any_output(self):
+        raw = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202e]")
+        for argv in (["stats"], ["search"], ["search", "--wide"], ["sessions"], ["replay", "--conn", "c-7", "--no-color"],
+                     ["replay", "--conn", "c-7"]):
+            status, out, err = run(argv[0], "--dir", self.dir, *argv[1:])
+            self.assertEqual(status, 0, (argv, err))
+            colourless = re.sub(r"\x1b\[[0-9;]*m", "", out) if argv[-1] == "c-7" else out
+            self.assertIsNone(raw.search(colourless), (argv, out))
+            self.assertIn("^[]0;pwned^G\\x9b2J\\u202e", out, argv)
+
+    def test_json_escapes_c0_and_c1(self):
+        for argv in (["search", "--json"], ["stats", "--json"], ["sessions", "--json"]):
+            status, out, err = run(argv[0], "--dir", self.dir, *argv[1:])
+            self.assertIsNone(re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f]", out), (argv, out))
+        self.assertIn("\\u009b2J", run("search", "--dir", self.dir, "--json")[1])
+
+
+class SessionsTests(TrailFixture):
+    def sessions(self, *args):
+        status, out, err = run("sessions", "--dir", self.dir, "--json", *args)
+        self.assertIn(status, (0, 1), err)
+        return [orjson.loads(line) for line in out.splitlines()]
+
+    def test_one_line_per_connection_matching_the_trail(self):
+        found = {s["conn"]: s for s in self.sessions()}
+        conns = {e["conn"] for e in self.events if e.get("conn")}
+        self.assertEqual(set(found), conns)
+        for conn in conns:
+            mine = self.expect(lambda e: e.get("conn") == conn)
+            got = found[conn]
+            self.assertEqual(got["records"], len(mine))
+            self.assertEqual(got["start"], min(e["time"] for e in mine))
+            self.assertEqual(got["end"], max(e["time"] for e in mine))
+            self.assertEqual(got["ip"], mine[0]["ip"])
+        one = found[f"{PREFIX}-1"]
+        self.assertEqual((one["accounts"], one["characters"], one["protocol"]), (["bob#1"], ["Bob#3"], "telnet"))
+        self.assertEqual((one["ended"], one["end_reason"], one["duration"]), (True, "quit", 20.1))
+        self.assertEqual(found[f"{PREFIX}-2"]["accounts"], [])  # failed logins only
+        self.assertEqual(found[f"{PREFIX}-2"]["end_reason"], "idle")
+        self.assertFalse(found[f"{PREFIX}-4"]["ended"])  # no disconnect (yet)
+
+    def test_filters_and_time_range(self):
+        self.assertEqual([s["conn"] for s in self.sessions("--account", "bob")],
+                         [f"{PREFIX}-1", f"{PREFIX}-2", f"{PREFIX}-4"])  # 2: tried the name
+        self.assertEqual([s["conn"] for s in self.sessions("--ip", "10.0.0.0/8")], [f"{PREFIX}-1", f"{PREFIX}-4"])
+        late = self.sessions("--account", "bob", "--since", "2026-11-27")
+        self.assertEqual([s["conn"] for s in late], [f"{PREFIX}-4"])
+        self.assertEqual(late[0]["records"], len(self.expect(lambda e: e.get("conn") == f"{PREFIX}-4"
+                                                             and e["time"] >= "2026-11-27")))
+        self.assertEqual(self.sessions("--account", "nobody"), [])
+
+    def test_table(self):
+        status, out, err = run("sessions", "--dir", self.dir)
+        lines = out.splitlines()
+        self.assertEqual(lines[0].split(), ["START", "END", "DURATION", "CONN", "ACCOUNT", "CHARACTER", "IP",
+                                            "PROTOCOL", "END", "REASON", "RECORDS"])
+        one = next(line for line in lines if f"{PREFIX}-1 " in line)
+        self.assertRegex(one, r"^2026-11-25 10:00:00\s+2026-11-25 10:00:20\s+0:00:20\s+67470c2a1f3b-1\s+bob#1\s+"
+                              r"Bob#3\s+10\.0\.0\.5\s+telnet\s+quit\s+13$")
+        self.assertIn("(no disconnect yet)", out)
+
+
+class FollowTests(unittest.TestCase):
+    """`tail -F` semantics of trail.Follower, and `search --follow` end to end."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.dir)
+        self.sink = FileSink(self.dir)
+        self.addCleanup(self.sink.close)
+
+    def path(self, name):
+        return os.path.join(self.dir, name)
+
+    def texts(self, follower):
+        return [record["text"] for record, _line in follower.poll()]
+
+    def test_only_new_lines_then_day_rollover(self):
+        _sink_write(self.sink, _records(3, start=_t(27, "23:59:57.000000")))
+        follower = trail.Follower(self.dir)
+        self.assertEqual(self.texts(follower), [])
+        _sink_write(self.sink, _records(3, start=_t(27, "23:59:59.000000")))  # 1 today, 2 tomorrow
+        self.assertEqual(self.texts(follower), ["line 0", "line 1", "line 2"])
+        self.assertTrue(os.path.exists(self.path("audit_2026-11-28.log")))
+
+    def test_rename_rotation_read_to_the_end_then_the_new_file(self):
+        _sink_write(self.sink, _records(1))
+        follower = trail.Follower(self.dir)
+        _sink_write(self.sink, _records(2, start=_t(27, "08:00:01.000000")))
+        os.rename(self.path("audit_2026-11-27.log"), self.path("audit_2026-11-27.log.1"))  # logrotate create
+        _sink_write(self.sink, _records(1, start=_t(27, "08:00:05.000000")))
+        self.assertEqual(self.texts(follower), ["line 0", "line 1", "line 0"])
+        self.gzip_away("audit_2026-11-27.log.1")
+        _sink_write(self.sink, _records(1, start=_t(27, "08:00:06.000000")))
+        self.assertEqual(self.texts(follower), ["line 0"])  # the .gz copy is not read again
+
+    def gzip_away(self, name):
+        with open(self.path(name), "rb") as plain, gzip.open(self.path(name + ".gz"), "wb") as packed:
+            shutil.copyfileobj(plain, packed)
+        os.remove(self.path(name))
+
+    def test_copytruncate(self):
+        _sink_write(self.sink, _records(2))
+        follower = trail.Follower(self.dir)
+        _sink_write(self.sink, _records(1, start=_t(27, "08:00:02.000000")))
+        shutil.copy(self.path("audit_2026-11-27.log"), self.path("audit_2026-11-27.log.1"))
+        os.truncate(self.path("audit_2026-11-27.log"), 0)
+        _sink_write(self.sink, _records(1, start=_t(27, "08:00:03.000000")))
+        self.assertEqual(self.texts(follower), ["line 0", "line 0"])  # the copy is not read twice
+
+    def test_replaced_directory_and_partial_lines(self):
+        _sink_write(self.sink, _records(1))
+        follower = trail.Follower(self.dir)
+        self.sink.close()
+        shutil.rmtree(self.dir)
+        self.assertEqual(self.texts(follower), [])  # gone: wait for it
+        os.makedirs(self.dir)
+        line = orjson.dumps(_records(1, start=_t(27, "09:00:00.000000"))[0])
+        with open(self.path("audit_2026-11-27.log"), "wb") as handle:
+            handle.write(line[:10])
+            handle.flush()
+            self.assertEqual(self.texts(follower), [])  # half a line: not yet
+            handle.write(line[10:] + b"\n")
+        self.assertEqual(self.texts(follower), ["line 0"])
+
+    def test_filters_apply(self):
+        follower = trail.Follower(self.dir, trail.Filter(text="line [13]"))
+        _sink_write(self.sink, _records(5))
+        self.assertEqual(self.texts(follower), ["line 1", "line 3"])
+
+    def test_follow_account_shows_a_new_connections_records_from_before_its_login(self):
+        base = {"v": 1, "ip": "10.0.0.1"}
+
+        def connection(conn, account, start):
+            rows = [dict(base, kind="connect", conn=conn), dict(base, kind="io", direction="RCV", conn=conn,
+                                                                text=f"connect {account} ********"),
+                    dict(base, kind="login", conn=conn, account=account),
+                    dict(base, kind="io", direction="RCV", conn=conn, account=account, text="look"),
+                    dict(base, kind="disconnect", conn=conn, reason="quit")]
+            for n, row in enumerate(rows):
+                row["time"] = _t(27, f"{start}:0{n}.000000")
+            return rows
+
+        shown = self.follow_while_writing([connection("c-alice", "alice#2", "09:00"),
+                                           connection("c-bob", "bob#1", "09:01")], "--limit", "5", "--account", "bob")
+        self.assertEqual([(r["conn"], r["kind"]) for r in shown],
+                         [("c-bob", "connect"), ("c-bob", "io"), ("c-bob", "login"), ("c-bob", "io"),
+                          ("c-bob", "disconnect")])
+
+    def follow_while_writing(self, batches, *argv):
+        """`search --follow --json ARGV` while another thread writes `batches` a little later; the records."""
+
+        def later():
+            for batch in batches:
+                time.sleep(0.25)
+                _sink_write(self.sink, batch)
+
+        writer = threading.Thread(target=later)
+        writer.start()
+        status, out, err = run("search", "--dir", self.dir, "--follow", "--json", "--interval", "0.05", *argv)
+        writer.join()
+        self.assertEqual(status, 0, err)
+        return [orjson.loads(line) for line in out.splitlines()]
+
+    def test_search_follow_end_to_end(self):
+        _sink_write(self.sink, _records(2, conn="old"))
+        shown = self.follow_while_writing([_records(3, conn="c-2", start=_t(27, "08:10:00.000000")),
+                                           _records(3, conn="c-3", start=_t(27, "08:20:00.000000"))],
+                                          "--limit", "2", "--text", "line [12]")
+        self.assertEqual([(r["conn"], r["text"]) for r in shown], [("c-2", "line 1"), ("c-2", "line 2")])
+        status, out, err = run("search", "--dir", self.dir, "--follow", "--json", "--since", "2026-11-27",
+                               "--limit", "1", "--conn", "old")
+        self.assertEqual([r["text"] for r in map(orjson.loads, out.splitlines())], ["line 0"])
+
+
+# The README's logrotate recipe (docs/readme-cli.md), with the log directory filled in.
+LOGROTATE_RECIPE = """\
+{dir}/audit_*.log {{
+    daily
+    rotate 400
+    missingok
+    notifempty
+    nocreate
+    compress
+    delaycompress
+}}
+"""
+
+
+@unittest.skipUnless(shutil.which("logrotate") or os.path.exists("/usr/sbin/logrotate"), "logrotate not installed")
+class RealLogrotateTests(unittest.TestCase):
+    """The README's recipe, run by the real logrotate (forced) while the sink writes: the CLI, and a
+    follower started before the rotations, see every record exactly once."""
+
+    def test_recipe_keeps_the_cli_complete(self):
+        import subprocess
+        tmp = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, tmp)
+        directory = os.path.join(tmp, "logs")
+        os.makedirs(directory, mode=0o700)
+        conf = os.path.join(tmp, "audit.logrotate")
+        with open(conf, "w") as handle:
+            handle.write(LOGROTATE_RECIPE.format(dir=directory))
+        command = [shutil.which("logrotate") or "/usr/sbin/logrotate", "-f", "-s", os.path.join(tmp, "state"), conf]
+        records = _records(60, start=_t(26, "23:59:30.000000"))  # two days
+        sink = FileSink(directory)
+        self.addCleanup(sink.close)
+        follower = trail.Follower(directory)
+        followed = []
+        for batch in range(3):
+            _sink_write(sink, records[batch * 20:(batch + 1) * 20])
+            followed += [r for r, _line in follower.poll()]
+            if batch < 2:
+                result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+                self.assertEqual(result.returncode, 0, result.stderr)
+                followed += [r for r, _line in follower.poll()]
+        self.assertEqual(sorted(os.listdir(directory)), ["audit_2026-11-26.log.1", "audit_2026-11-26.log.2.gz",
+                                                         "audit_2026-11-27.log", "audit_2026-11-27.log.1"])
+        self.assertEqual(list(trail.read(directory)), records)
+        status, out, err = run("search", "--dir", directory, "--count")
+        self.assertEqual((status, out, err), (0, "60\n", ""))
+        self.assertEqual(followed, records)
 
 
 class ModuleEntryPointTests(unittest.TestCase):

@@ -16,7 +16,7 @@ import unittest
 import evennia
 from django.test import override_settings
 
-from . import api, conf, runtime
+from . import api, conf, service
 from .scrub import MASK, is_secret_key
 from .secrets import KEY_FIELD, MIN_LENGTH, SecretMemory, connection_key
 from .tests import AuditTestCase
@@ -43,7 +43,7 @@ def contains(dumped, secret):
 
 class SecretTestCase(AuditTestCase):
     def builder(self):
-        return runtime.current().pipeline.builder
+        return service.current().pipeline.builder
 
     def fresh(self, *sessions):
         """Forget the scrub state of these connections and the records so far."""

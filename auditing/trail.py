@@ -6,11 +6,17 @@ Files (anything else in the directory is ignored):
     audit_YYYY-MM-DD.log        the current file of a UTC day
     audit_YYYY-MM-DD.N.log      size rotation: when the day's file is full the sink renames it to the
                                 next free N (1, 2, ...) and starts a new unnumbered file
-    ... .log.gz                 the same, compressed by an admin (read transparently)
+    audit_YYYY-MM-DD.log.N      logrotate's numbered names (N = 1 is the newest of them)
+    audit_YYYY-MM-DD.log-YYYYMMDD   logrotate's `dateext` names (also -YYYYMMDDHH, -YYYYMMDD-SECONDS)
+    ... .gz                     any of these compressed (read transparently)
 
-Order: by day, then within a day `.1`, `.2`, ..., and the unnumbered file last (it is the newest).
-If one file is there both plain and compressed (gzip still running), the plain one is read and the
-other reported as a duplicate.
+Order: by day; within a day by base name (`.1.log`, `.2.log`, ..., the unnumbered file last), and for
+one base name logrotate's copies before the base (`.log.2`, `.log.1`, then dateext names oldest first,
+then `.log` itself). If one file is there both plain and compressed (gzip still running), the plain one
+is read and the other reported as a duplicate.
+
+Lines in the old contrib's format (`<time> [-] {json}`, Evennia's `log_file`, in the same file names)
+are read as records marked `"legacy": true`, with their time made canonical.
 
 Records are filed under the UTC day of their own `time` (FileSink buckets a batch by event time), so
 with `since`/`until` the files of days entirely outside the range are skipped without being opened.
@@ -22,17 +28,24 @@ ASCII other than `"`, `\\` and `/` is never escaped), so a line that lacks `"bob
 the account bob. The filter asks for such needles (`Filter.needles()`); when all of them are selective
 the reader jumps from hit to hit in each block (`bytes.find`) instead of looking at every line.
 
+Besides `Reader`: `account_connections` (the connections an account logged in on, for its records from
+before the login), `newest` (the last N matches, newest day first, within a time budget: the in-game
+command), `sessions` (records grouped into one `Session` per connection) and `Follower` (new records
+as they are written, `tail -F` style).
+
 Malformed lines (not JSON, not an object, a last line cut off by a crash) are reported with file and line
 number, skipped and counted; they never stop the scan. Lines that the prefilter rules out are not parsed,
 so they are not checked either: the count is complete when nothing is filtered (`stats`, plain `search`).
 """
 
+import collections
 import datetime
 import fnmatch
 import gzip
 import ipaddress
 import os
 import re
+import time
 import zlib
 from dataclasses import dataclass
 
@@ -47,11 +60,15 @@ except ImportError:  # pragma: no cover - older layouts
 
 UTC = datetime.timezone.utc
 CHUNK = 1 << 20  # bytes read per block
-MAX_NEEDLE_ALTERNATIVES = 16  # beyond this many alternatives, one pass per needle costs more than parsing
-FILE_RE = re.compile(r"audit_(\d{4}-\d{2}-\d{2})(?:\.(\d+))?\.log(\.gz)?\Z")
+FILE_RE = re.compile(
+    r"audit_(?P<day>\d{4}-\d{2}-\d{2})(?:\.(?P<part>\d+))?\.log"
+    r"(?:\.(?P<rotated>\d+)|-(?P<dateext>\d{8}(?:\d{2})?(?:-\d+)?))?(?P<gz>\.gz)?\Z"
+)
+# The old contrib's line: Evennia's log_file time (2-digit year, optional offset), " [-] ", the JSON.
+LEGACY_RE = re.compile(rb"(\d{2,4})-(\d\d)-(\d\d) (\d\d:\d\d:\d\d)([+-]\d\d(?::?\d\d)?)? \[-\] (\{.*)\Z", re.S)
 LIFECYCLE_KINDS = (
     "connect", "login", "login_fail", "logout", "disconnect", "puppet", "unpuppet", "account_created",
-    "audit_view",
+    "audit_view", "capture_change", "retention",
 )
 KINDS = ("io",) + LIFECYCLE_KINDS + ("loss", "error")
 _loads = orjson.loads
@@ -168,6 +185,20 @@ _SAFE = frozenset(chr(c) for c in range(0x20, 0x7F)) - {'"', "\\", "/"}
 _UNICODE_FOLDING = frozenset("iIkKsS")
 
 
+def _conns_needle(conns):
+    """One needle for a set of connection ids: the line holds `"<one of them>"`. None if one of them
+    cannot be a needle. Their common prefix is literal, so the regex engine skips ahead to it."""
+    if not conns or not all(_needle_ok(conn) for conn in conns):
+        return None
+    if len(conns) == 1:
+        (conn,) = conns
+        return Needle(b'"' + conn.encode() + b'"')
+    prefix = os.path.commonprefix(sorted(conns))
+    rests = b"|".join(re.escape(conn[len(prefix):].encode()) for conn in sorted(conns, key=len, reverse=True))
+    pattern = re.compile(re.escape(b'"' + prefix.encode()) + b"(?:" + rests + b')"')
+    return Needle(b'"' + prefix.encode(), pattern=pattern)
+
+
 def _is_glob(text):
     return any(char in text for char in "*?[")
 
@@ -183,6 +214,7 @@ class Needle:
     data: bytes
     fold: bool = False
     selective: bool = True  # rare enough to jump from hit to hit
+    pattern: object = None  # one of several strings (a compiled bytes regex); `data` is their common prefix
 
     def __post_init__(self):
         if self.fold and self.data.lower() == self.data.upper():
@@ -258,11 +290,15 @@ class Filter:
         text: a regular expression searched in the record's text (as recorded, with colour markup).
         ignore_case: the text regex ignores case.
         now: the reference time for relative `since`/`until` (default: now).
+        account_conns: connection ids of that account (see `account_connections`): their records
+            from before the login (no account yet) match `account` too.
     """
 
     def __init__(self, account=None, character=None, ip=None, conn=None, room=None, direction=None,
-                 kind=None, since=None, until=None, text=None, ignore_case=False, now=None):
+                 kind=None, since=None, until=None, text=None, ignore_case=False, now=None,
+                 account_conns=None):
         self.account, self.character, self.room = account, character, room
+        self.account_conns = frozenset(account_conns) if account and account_conns else None
         self.ip = ip
         self.conn = conn if conn is None or isinstance(conn, str) else frozenset(conn)
         self.direction = direction.upper() if direction else None
@@ -328,7 +364,9 @@ class Filter:
                 checks.append(lambda r: r.get("ip") == ip)
         if self.account:
             match = name_matcher(self.account)
-            checks.append(lambda r: match(r.get("account")) or match(field(r, "tried_account")))
+            before_login = self.account_conns or frozenset()
+            checks.append(lambda r: match(r.get("account")) or match(field(r, "tried_account")) or (
+                not r.get("account") and r.get("conn") in before_login))
         if self.character:
             match_character = name_matcher(self.character)
             checks.append(lambda r: match_character(r.get("character")))
@@ -364,7 +402,7 @@ class Filter:
                 return False
         return True
 
-    def needles(self):
+    def needles(self, with_account=True):
         """Byte strings every matching line contains (see the module docstring)."""
         needles = []
         if isinstance(self.conn, frozenset):
@@ -378,7 +416,7 @@ class Filter:
                 needles.append(Needle(b'"' + self.conn.encode() + b'"'))
         if self.ip and self.network is None and _needle_ok(self.ip):
             needles.append(Needle(b'"' + self.ip.encode() + b'"'))
-        for query in (self.account, self.character, self.room):
+        for query in (self.account if with_account else None, self.character, self.room):
             needle = _name_needle(query) if query else None
             if needle:
                 needles.append(needle)
@@ -397,13 +435,16 @@ class Filter:
 
     def needle_groups(self):
         """Alternatives: a line can match only if it holds every needle of one group."""
-        base = self.needles()
-        conns = self.conn
-        if isinstance(conns, frozenset) and 0 < len(conns) <= MAX_NEEDLE_ALTERNATIVES and all(
-            _needle_ok(conn) for conn in conns
-        ):
-            return [base + [Needle(b'"' + conn.encode() + b'"')] for conn in sorted(conns)]
-        return [base]
+        conns = self.conn if isinstance(self.conn, frozenset) else None
+        if self.account_conns:
+            # The account's name, or one of its connections (its records from before the login).
+            base = self.needles(with_account=False) + ([_conns_needle(conns)] if conns else [])
+            account, before_login = _name_needle(self.account), _conns_needle(self.account_conns)
+            if account is None or before_login is None or None in base:
+                return [[n for n in base if n is not None]]
+            return [base + [account], base + [before_login]]
+        needle = _conns_needle(conns) if conns else None
+        return [self.needles() + ([needle] if needle else [])]
 
     def day_range(self):
         """(first day, last day) of files that can hold matches; None for an open end."""
@@ -418,16 +459,41 @@ class TrailFile:
     path: str
     name: str
     day: datetime.date
-    index: int  # rotation number; the unnumbered (newest) file of a day sorts last
+    index: int  # our size-rotation number; the unnumbered (newest) file of a day sorts last
     compressed: bool
     size: int
+    rotation: tuple = (2,)  # logrotate's copies of this base name sort before it (see the docstring)
 
     @property
     def key(self):
-        return (self.day, self.index)
+        return (self.day, self.index, self.rotation)
+
+    @property
+    def current(self):
+        """The name the sink writes to (not a rotated or compressed copy)."""
+        return self.index == _NEWEST and self.rotation == (2,) and not self.compressed
 
 
 _NEWEST = 1 << 62
+
+
+def parse_name(name):
+    """(day, index, rotation, compressed) for an audit file name, or None for any other name."""
+    match = FILE_RE.match(name)
+    if not match:
+        return None
+    try:
+        day = datetime.date.fromisoformat(match.group("day"))
+    except ValueError:
+        return None
+    index = int(match.group("part")) if match.group("part") else _NEWEST
+    if match.group("rotated"):
+        rotation = (0, -int(match.group("rotated")))  # logrotate: .log.2 is older than .log.1
+    elif match.group("dateext"):
+        rotation = (1, *map(int, match.group("dateext").split("-")))
+    else:
+        rotation = (2,)
+    return day, index, rotation, bool(match.group("gz"))
 
 
 def list_files(directory):
@@ -445,20 +511,16 @@ def list_files(directory):
     except OSError as error:
         raise TrailError(f"{directory}: cannot list: {error.strerror or error}") from None
     for name in names:
-        match = FILE_RE.match(name)
-        if not match:
+        parsed = parse_name(name)
+        if parsed is None:
             continue
-        try:
-            day = datetime.date.fromisoformat(match.group(1))
-        except ValueError:
-            continue
+        day, index, rotation, compressed = parsed
         path = os.path.join(directory, name)
         try:
             size = os.stat(path).st_size
         except OSError:
             size = 0
-        index = int(match.group(2)) if match.group(2) else _NEWEST
-        entry = TrailFile(path, name, day, index, bool(match.group(3)), size)
+        entry = TrailFile(path, name, day, index, compressed, size, rotation)
         other = found.get(entry.key)
         if other is not None:
             keep, drop = (other, entry) if not other.compressed else (entry, other)
@@ -467,6 +529,44 @@ def list_files(directory):
         else:
             found[entry.key] = entry
     return [found[key] for key in sorted(found)], duplicates
+
+
+# ---------------------------------------------------------------- lines
+
+
+def decode_line(line):
+    """One line of a trail file -> (record dict, None) or (None, reason); (None, None) for a blank line.
+
+    A line in the old contrib's format gives its record marked `"legacy": True`, its time canonical.
+    """
+    try:
+        record = _loads(line)
+    except _JSONDecodeError as error:
+        if not line.strip():
+            return None, None
+        legacy = LEGACY_RE.match(line.strip()) if line[:1].isdigit() or line[:1].isspace() else None
+        if legacy is None:
+            return None, f"not JSON ({error})"
+        return _legacy_record(legacy)
+    if type(record) is not dict:
+        return None, f"not a JSON object ({type(record).__name__})"
+    return record, None
+
+
+def _legacy_record(match):
+    try:
+        record = _loads(match.group(6))
+    except _JSONDecodeError as error:
+        return None, f"not JSON after the contrib's time stamp ({error})"
+    if type(record) is not dict:
+        return None, f"not a JSON object ({type(record).__name__})"
+    year, month, day, clock, offset = (part.decode() if part else "" for part in match.groups()[:5])
+    year = str(2000 + int(year)) if len(year) == 2 else year
+    stamped = canonical_time(f"{year}-{month}-{day}T{clock}{offset}")
+    record["time"] = canonical_time(record.get("time") or "") or stamped
+    record.setdefault("kind", "io")
+    record["legacy"] = True
+    return record, None
 
 
 # ---------------------------------------------------------------- the reader
@@ -486,13 +586,14 @@ class Reader:
         on_problem (callable): `on_problem(path, line_number, reason)` for each malformed line or
             unreadable file (line_number None for a whole file).
         on_progress (callable): `on_progress(bytes_done, bytes_total)` after each block.
+        select (callable): `select(trail_file)` -> read it? (e.g. one day, or no current file).
 
     After iterating, `files` (read), `skipped` (outside the time range), `duplicates`, `lines`
     (lines parsed), `malformed`, `unreadable` and `bytes_total` describe the scan.
     """
 
     def __init__(self, directory, filter=None, also_kinds=(), prefilter=True, on_problem=None,
-                 on_progress=None):
+                 on_progress=None, select=None):
         self.directory = directory
         self.filter = filter if filter is not None else Filter()
         self.also_kinds = frozenset(also_kinds)
@@ -500,7 +601,8 @@ class Reader:
         self.on_progress = on_progress
         all_files, self.duplicates = list_files(directory)
         first, last = self.filter.day_range()
-        self.files = [f for f in all_files if (first is None or f.day >= first) and (last is None or f.day <= last)]
+        self.files = [f for f in all_files if (first is None or f.day >= first) and (last is None or f.day <= last)
+                      and (select is None or select(f))]
         self.skipped = [f for f in all_files if f not in self.files]
         self.all_files = all_files
         self.bytes_total = sum(f.size for f in self.files)
@@ -598,17 +700,9 @@ class Reader:
                         yield record, tail
 
     def _parse(self, line, trail_file, line_number, truncated=False):
-        try:
-            record = _loads(line)
-        except _JSONDecodeError as error:
-            if not line.strip():
-                return None  # a blank line carries nothing
-            reason = "truncated last line" if truncated else f"not JSON ({error})"
-            self._problem(trail_file, line_number, reason)
-            return None
-        if type(record) is not dict:
-            self._problem(trail_file, line_number, f"not a JSON object ({type(record).__name__})")
-            return None
+        record, reason = decode_line(line)
+        if reason is not None:
+            self._problem(trail_file, line_number, "truncated last line" if truncated else reason)
         return record
 
     def _scan_lines(self, block, base, groups, predicate, trail_file):
@@ -627,11 +721,11 @@ class Reader:
             try:
                 record = loads(line)
             except decode_error:
-                record = self._parse(line, trail_file, number)  # reports it
-                continue
+                record = None
             if type(record) is not dict:
-                self._parse(line, trail_file, number)
-                continue
+                record = self._parse(line, trail_file, number)  # a contrib line, or reports it
+                if record is None:
+                    continue
             if predicate is None or predicate(record):
                 yield record, line
         self.lines += parsed
@@ -652,14 +746,13 @@ class Reader:
                 hay = lowered
             else:
                 hay = buf
-            needle = primary.data
-            find = hay.find
-            pos = find(needle, 0, cut)
+            find = _finder(primary, hay)
+            pos = find(0, cut)
             while pos != -1:
                 start = buf.rfind(b"\n", 0, pos) + 1
                 end = buf.find(b"\n", pos)
                 starts[start] = end
-                pos = find(needle, end + 1, cut)
+                pos = find(end + 1, cut)
         if not starts:
             return buf.count(b"\n", 0, cut)
         order = sorted(starts) if len(groups) > 1 else list(starts)
@@ -678,11 +771,28 @@ class Reader:
         return number - base - 1 + buf.count(b"\n", previous, cut)
 
 
+def _finder(needle, hay):
+    """find(start, stop) -> the position of the needle in hay[start:stop], or -1."""
+    if needle.pattern is None:
+        data, find = needle.data, hay.find
+        return lambda start, stop: find(data, start, stop)
+    search = needle.pattern.search
+
+    def find_one_of(start, stop):
+        match = search(hay, start, stop)
+        return -1 if match is None else match.start()
+
+    return find_one_of
+
+
 def _line_may_match(line, groups):
     lowered = None
     for group in groups:
         for needle in group:
-            if needle.fold:
+            if needle.pattern is not None:
+                if needle.pattern.search(line) is None:
+                    break
+            elif needle.fold:
                 if lowered is None:
                     lowered = line.lower()
                 if needle.data not in lowered:
@@ -694,6 +804,234 @@ def _line_may_match(line, groups):
     return False
 
 
+def account_connections(directory, account, since=None, until=None, **options):
+    """The connection ids on which `account` (a name query, see `name_matcher`) was logged in.
+
+    `options` go to the Reader (on_problem, on_progress...). A failed login that only tried the name
+    does not count: that connection was not the account's.
+    """
+    match = name_matcher(account)
+    conns = set()
+    for record, _line in Reader(directory, Filter(account=account, since=since, until=until), **options):
+        if record.get("conn") and match(record.get("account")):
+            conns.add(record["conn"])
+    return conns
+
+
+def newest(directory, filter=None, limit=20, keep=None, budget=None, clock=time.monotonic):
+    """The last `limit` records matching `filter` (and `keep(record)`), oldest first, reading days
+    newest first and stopping as soon as there are enough: what the in-game command needs.
+
+    `budget` (seconds) bounds the scan; returns (records, complete) where `complete` is False when the
+    budget ran out before the oldest day was reached.
+    """
+    filter = filter if filter is not None else Filter()
+    first, last = filter.day_range()
+    days = sorted({f.day for f in list_files(directory)[0]
+                   if (first is None or f.day >= first) and (last is None or f.day <= last)}, reverse=True)
+    deadline = None if budget is None else clock() + budget
+    found = []
+    for day in days:
+        batch = collections.deque(maxlen=limit)
+        for count, (record, _line) in enumerate(Reader(directory, filter, select=lambda f, day=day: f.day == day)):
+            if keep is None or keep(record):
+                batch.append(record)
+            if deadline is not None and count % 256 == 0 and clock() > deadline:
+                return (list(batch) + found)[-limit:], False
+        found = list(batch) + found
+        if len(found) >= limit:
+            return found[-limit:], True
+        if deadline is not None and clock() > deadline:
+            return found, False
+    return found, True
+
+
+# ---------------------------------------------------------------- connections (sessions)
+
+
+@dataclass
+class Session:
+    """One connection as the trail tells it (see `sessions`)."""
+
+    conn: str
+    start: str = None
+    end: str = None
+    ended: bool = False  # a disconnect record closes it
+    end_reason: str = None
+    ip: str = None
+    protocol: str = None
+    records: int = 0
+    accounts: list = None
+    characters: list = None
+
+    def __post_init__(self):
+        self.accounts = [] if self.accounts is None else self.accounts
+        self.characters = [] if self.characters is None else self.characters
+
+    @property
+    def duration(self):
+        """Seconds from the first to the last record (or the disconnect)."""
+        return epoch(self.end) - epoch(self.start) if self.start and self.end else 0.0
+
+    def duration_text(self):
+        seconds = int(self.duration)
+        return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+    def as_dict(self):
+        return {"conn": self.conn, "accounts": self.accounts, "characters": self.characters, "ip": self.ip,
+                "protocol": self.protocol, "start": self.start, "end": self.end,
+                "duration": round(self.duration, 3), "ended": self.ended,
+                "end_reason": self.end_reason if self.ended else None, "records": self.records}
+
+    def add(self, record):
+        when = record_time(record)
+        self.records += 1
+        if when:
+            if self.start is None or when < self.start:
+                self.start = when
+            if self.end is None or when > self.end:
+                self.end = when
+        self.ip = self.ip or record.get("ip")
+        self.protocol = self.protocol or record.get("protocol")
+        for name, seen in (("account", self.accounts), ("character", self.characters)):
+            value = record.get(name)
+            if value and type(value) is str and value not in seen:
+                seen.append(value)
+        if record.get("kind") == "disconnect":
+            self.ended = True
+            self.end_reason = str(field(record, "reason") or "") or None
+
+
+def sessions(records):
+    """Group records (dicts, any order) by connection -> Sessions, ordered by start time.
+
+    A record without a connection id (the old contrib's) is grouped by host, pid and session number.
+    Loss and error records belong to no connection and are left out.
+    """
+    found = {}
+    for record in records:
+        kind = record.get("kind", "io")
+        if kind in ("loss", "error"):
+            continue
+        conn = record.get("conn")
+        if not conn:
+            conn = f"legacy:{record.get('hostname', '?')}:{record.get('pid', '?')}:{record.get('session', '?')}"
+        entry = found.get(conn)
+        if entry is None:
+            entry = found[conn] = Session(conn)
+        entry.add(record)
+    return sorted(found.values(), key=lambda entry: (entry.start or "", entry.conn))
+
+
+# ---------------------------------------------------------------- following (tail -F)
+
+
+class Follower:
+    """New records of a trail directory as they are written, with `tail -F` semantics.
+
+    Each `poll()` lists the directory again by name (so a replaced directory is picked up) and reads
+    what each audit file gained since the last poll. Files are known by (device, inode): a file the
+    sink renamed (its size rotation, logrotate's `create`) is read to its end under its new name; a
+    file that shrank (logrotate's `copytruncate`) is read again from its start; a new current file
+    (a new day, or after a rotation) is read from its start. A new file under a rotated or compressed
+    name is a copy of what was already read (copytruncate, gzip) and is not read. Only complete lines
+    are returned; a line being written is kept until its newline arrives.
+
+    Args:
+        directory (str): The trail directory.
+        filter (Filter): What to keep.
+        on_problem (callable): As for Reader.
+        from_start (bool): Also return what the current files hold now (default: only new lines).
+    """
+
+    def __init__(self, directory, filter=None, on_problem=None, from_start=False):
+        self.directory = directory
+        self.filter = filter if filter is not None else Filter()
+        self.on_problem = on_problem
+        self.groups = self.filter.needle_groups()
+        if any(not group for group in self.groups):
+            self.groups = None
+        self.known = {}  # (dev, ino) -> [offset, partial line, path]
+        if not from_start:
+            for trail_file, identity, size in self._files():
+                self.known[identity] = [size, b"", trail_file.path]
+
+    def _files(self):
+        try:
+            files, _duplicates = list_files(self.directory)
+        except TrailError:
+            return []  # the directory is being replaced: try again at the next poll
+        found = []
+        for trail_file in files:
+            if trail_file.compressed:
+                continue
+            try:
+                info = os.stat(trail_file.path)
+            except OSError:
+                continue
+            found.append((trail_file, (info.st_dev, info.st_ino), info.st_size))
+        return found
+
+    def poll(self):
+        """The matching records written since the last poll: a list of (record, line)."""
+        out = []
+        seen = set()
+        files = self._files()
+        copies = [(f, identity, size) for f, identity, size in files
+                  if identity not in self.known and not f.current]
+        for trail_file, identity, size in files:
+            seen.add(identity)
+            state = self.known.get(identity)
+            if state is None:
+                if not trail_file.current:
+                    continue  # a copy under a rotated name: its lines were read as they were written
+                state = self.known[identity] = [0, b"", trail_file.path]
+            state[2] = trail_file.path
+            if size < state[0]:
+                # Truncated in place (copytruncate): what was added since the last poll is in the
+                # copy, past the offset we had reached.
+                out.extend(self._rest_of_copy(trail_file, state, copies))
+                state[0], state[1] = 0, b""
+            if size > state[0]:
+                out.extend(self._read(trail_file.path, state))
+        for identity in list(self.known):
+            if identity not in seen:
+                del self.known[identity]  # deleted, or compressed away
+        return out
+
+    def _rest_of_copy(self, trail_file, state, copies):
+        for copy, identity, size in copies:
+            if copy.day == trail_file.day and size >= state[0]:
+                self.known[identity] = [state[0], state[1], copy.path]
+                return self._read(copy.path, self.known[identity])
+        return []
+
+    def _read(self, path, state):
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(state[0])
+                data = handle.read()
+        except OSError as error:
+            if self.on_problem:
+                self.on_problem(path, None, f"cannot read: {error.strerror or error}")
+            return []
+        state[0] += len(data)
+        data = state[1] + data
+        cut = data.rfind(b"\n") + 1
+        state[1] = data[cut:]
+        matches = self.filter.matches
+        out = []
+        for line in data[:cut].split(b"\n")[:-1]:
+            if self.groups is not None and not _line_may_match(line, self.groups):
+                continue
+            record, reason = decode_line(line)
+            if reason is not None and self.on_problem:
+                self.on_problem(path, None, reason)
+            if record is not None and matches(record):
+                out.append((record, line))
+        return out
+
+
 def read(directory, filter=None, **options):
     """Shortcut: the matching records (dicts) of a trail directory."""
     for record, _line in Reader(directory, filter, **options):
@@ -701,6 +1039,6 @@ def read(directory, filter=None, **options):
 
 
 __all__ = [
-    "Filter", "Reader", "TrailError", "TrailFile", "list_files", "parse_time", "read", "record_time",
+    "Filter", "Follower", "Reader", "Session", "account_connections", "decode_line", "newest", "sessions", "TrailError", "TrailFile", "list_files", "parse_time", "read", "record_time",
     "canonical_time", "epoch", "field", "name_matcher", "iso", "utcnow", "required_literal", "KINDS", "LIFECYCLE_KINDS",
 ]
