@@ -274,6 +274,8 @@ class Pipeline:
                 self.processed += len(batch)
             if self._pending:
                 self._deliver([])
+            if self.sink is not None and hasattr(self.sink, "on_idle"):
+                self.sink.on_idle()  # auditing.chain: seals come due on the writer's clock too
 
     def _account_overflow(self):
         """Count events the game thread could not queue; True if there were any."""
