@@ -44,6 +44,7 @@ import orjson
 
 from . import trail
 from .trail import Filter, Reader, TrailError
+from .verify import add_commands as add_proof_commands
 
 PROG = "evennia-audit"
 MAX_PROBLEMS_SHOWN = 20
@@ -771,6 +772,7 @@ def build_parser():
     stats.add_argument("--top", type=_positive_int, default=10, metavar="N", help="rows in the top lists (default 10)")
     stats.add_argument("--json", action="store_true", help="one JSON document")
     stats.set_defaults(func=cmd_stats)
+    add_proof_commands(sub)  # keygen, verify (auditing/verify.py)
     return parser
 
 

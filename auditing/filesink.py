@@ -137,7 +137,8 @@ class FileSink(Sink):
             raise NotADirectoryError(
                 errno.ENOTDIR, f"{self.directory} exists and is not a directory"
             ) from None
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        # O_RDWR: _ends_with_newline reads the last byte back (pread fails on a write-only fd).
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
         os.fchmod(fd, FILE_MODE)  # an existing file keeps a looser mode otherwise
         stat = os.fstat(fd)
         self._fd, self._day, self._size = fd, day, stat.st_size
