@@ -22,9 +22,11 @@ The verifier derives k(n) from k(0), the key `evennia-audit keygen` printed once
 Without a key file the records are chained but not sealed (logged once).
 
 Resuming. The head is taken, at the first write, from the last complete record of the trail (file
-sink) or from a small state file (written at each flush and at close). After a clean close the chain
-simply continues; otherwise a `chain_start` record (reason `crash`) states the head it recovered, and
-whether a cut last line was found, so the verifier tells a crash from an edit. A brand new chain starts
+sink: a clean close ends it with a seal) or, for syslog, from a small state file in AUDIT_LOG_DIR
+(written at each flush; `clean` at close). After a clean close the chain simply continues; otherwise a
+`chain_start` record (reason `crash`) states the head it recovered, and whether a cut last line was
+found, so the verifier tells a crash from an edit. Without a seal key a file trail cannot tell a reload
+from a crash, so only a cut line (a sure crash) starts a `chain_start` there. A brand new chain starts
 at `chain_seq` 1 from the zero head.
 """
 
@@ -45,7 +47,7 @@ CHAIN_BYTES = 16
 KEY_BYTES = 32
 ZERO_HEAD = bytes(CHAIN_BYTES)
 SECRET_MODE = 0o600
-STATE_NAME = "audit_chain.state"
+STATE_NAME = "audit_chain_{}.state"  # syslog outputs only (a file trail holds its own head)
 _CHAIN_OPEN = b',"chain":"'
 _SUFFIX_LEN = len(_CHAIN_OPEN) + 2 * CHAIN_BYTES + 2  # ,"chain":"<hex>"}
 _SEQ_KEY = b',"chain_seq":'
@@ -227,9 +229,9 @@ def read_lines(path, compressed=None):
 
 
 def last_chained(path, compressed=None):
-    """(chain_seq, chain, cut) of the last complete chained line of a file; None values if none.
+    """(chain_seq, chain, cut, kind) of the last complete chained line of a file; None values if none.
 
-    `cut` says the file ends inside a record (a crash during a write).
+    `cut` says the file ends inside a record (a crash during a write); `kind` is that record's kind.
     """
     cut = False
     try:
@@ -250,8 +252,8 @@ def last_chained(path, compressed=None):
                         break
                     window *= 4
     except (OSError, EOFError, zlib.error):
-        return None, None, False
-    for position, line in enumerate(reversed(lines)):
+        return None, None, False, None
+    for line in reversed(lines):
         if not line.strip():
             continue
         if not line.endswith(b"\n"):
@@ -259,25 +261,29 @@ def last_chained(path, compressed=None):
             continue
         parts = split_chained(line.rstrip(b"\n"))
         if parts is not None:
-            return parts[1], parts[2], cut
-    return None, None, cut
+            try:
+                kind = orjson.loads(line).get("kind")
+            except (orjson.JSONDecodeError, AttributeError):
+                continue
+            return parts[1], parts[2], cut, kind
+    return None, None, cut, None
 
 
 def trail_head(directory):
-    """(chain_seq, chain, cut) at the end of the newest trail file holding a chained record."""
+    """(chain_seq, chain, cut, kind) at the end of the newest trail file holding a chained record."""
     from .trail import TrailError, list_files
 
     try:
         files, _duplicates = list_files(directory)
     except TrailError:
-        return None, None, False
+        return None, None, False, None
     cut_seen = False
     for trail_file in reversed(files):
-        seq, chain, cut = last_chained(trail_file.path, trail_file.compressed)
+        seq, chain, cut, kind = last_chained(trail_file.path, trail_file.compressed)
         cut_seen = cut_seen or cut
         if seq is not None:
-            return seq, chain, cut_seen
-    return None, None, cut_seen
+            return seq, chain, cut_seen, kind
+    return None, None, cut_seen, None
 
 
 def read_state(path):
@@ -297,7 +303,8 @@ class ChainingSink(Sink):
 
     Args:
         inner: the built-in sink (`sinkbase.Sink`): `write(records[, times])`, `flush`, `close`.
-        state_path (str): the chain state file (head at the last flush; `clean` after close).
+        state_path (str or None): the chain state file of a sink whose trail cannot be read back
+            (syslog): head at the last flush, `clean` after close. None for a file trail.
         key_path (str or None): the evolving seal key file; None or missing: no seals.
         seal_interval (float): seconds between seals.
         chain (bool): add chain fields (False: only the day hook and the injected records).
@@ -338,21 +345,22 @@ class ChainingSink(Sink):
         self._started = True
         self._last_seal = now
         if self.chain:
+            self._load_key()
             self._resume(now)
             self._sealed_seq = self._seq
-            self._load_key()
 
     def _resume(self, now):
-        state = read_state(self.state_path) or {}
-        seq, head, cut = None, None, False
         if self.trail_dir is not None:
-            seq, head, cut = trail_head(self.trail_dir)
-        if seq is None and state.get("chain_seq"):
-            seq, head = int(state["chain_seq"]), bytes.fromhex(state["chain"])
-        if seq is None:
+            seq, head, cut, kind = trail_head(self.trail_dir)
+            clean = not cut and (self._key is None or kind == "seal")  # a clean close ends with a seal
+        else:
+            state = (read_state(self.state_path) if self.state_path else None) or {}
+            seq, head, cut = state.get("chain_seq"), state.get("chain"), False
+            head = bytes.fromhex(head) if seq else None
+            clean = bool(state.get("clean"))
+        if not seq:
             return  # a new chain: its first record has chain_seq 1 and follows the zero head
         self._seq, self._head = seq, head
-        clean = bool(state.get("clean")) and state.get("chain_seq") == seq and not cut
         if not clean:
             self._queue_own(record_bytes(
                 "chain_start", now, reason="crash", prev_seq=seq, prev_head=head.hex(),

@@ -72,10 +72,11 @@ def _with_trail_guards(sink, config, name):
     retention = Retention(trail_dir, config.retention_days, config.compress_after_days) if trail_dir else None
     if not config.chain and not retention:
         return sink
-    state_name = STATE_NAME if trail_dir else STATE_NAME.replace(".state", f"_{name}.state")
+    # A file trail holds its own head; a syslog output keeps it in a state file in AUDIT_LOG_DIR.
+    state_path = None if trail_dir or not config.chain else os.path.join(config.log_dir, STATE_NAME.format(name))
     return ChainingSink(
         sink,
-        state_path=os.path.join(trail_dir or config.log_dir, state_name) if config.chain else None,
+        state_path=state_path,
         key_path=config.seal_key_file if config.chain else None,
         seal_interval=config.seal_interval,
         chain=config.chain,

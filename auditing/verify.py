@@ -23,7 +23,7 @@ import sys
 import orjson
 
 from .chain import (
-    STATE_NAME, ZERO_HEAD, SealKey, chain_value, evolve, key_id, read_state, seal_mac,
+    ZERO_HEAD, SealKey, chain_value, evolve, key_id, seal_mac,
     split_chained,
 )
 from .trail import TrailError, TrailFile, list_files
@@ -39,15 +39,12 @@ class Verifier:
     Args:
         files (list of trail.TrailFile): in writing order.
         key (bytes or None): k(0); None checks the chain only.
-        state (dict or None): the writer's chain state file, read before the files.
-        removed_dupes (list): file names `list_files` skipped as duplicates.
     """
 
-    def __init__(self, files, key=None, state=None):
+    def __init__(self, files, key=None):
         self.files = files
         self.key = key
         self.key_id = key_id(key) if key is not None else None
-        self.state = state
         self.problems = []
         self.notes = []
         self.intervals = []  # closing seals, in order
@@ -313,11 +310,6 @@ class Verifier:
         self._start_of_trail()
         for first, last, before, after in sorted(self.missing, key=lambda gap: gap[0]):
             self._gap(first, last, before, after)
-        state_seq = (self.state or {}).get("chain_seq")
-        if isinstance(state_seq, int) and self.last_seq is not None and state_seq > self.last_seq:
-            self._problem("truncated", self.last_position,
-                          f"the trail ends at chain_seq {self.last_seq} but the writer had written "
-                          f"{state_seq} ({STATE_NAME}): the end of the newest file was removed")
 
     def _start_of_trail(self):
         if self.first is None or self.first[0] <= 1:
@@ -406,8 +398,7 @@ def trail_files(path):
 
 def verify(path, key=None):
     """Verify the trail at `path` (directory or file) with k(0) `key` (bytes or None): the report."""
-    state = read_state(os.path.join(path, STATE_NAME)) if os.path.isdir(path) else None
-    return Verifier(trail_files(path), key, state).run()
+    return Verifier(trail_files(path), key).run()
 
 
 # ---------------------------------------------------------------- CLI
