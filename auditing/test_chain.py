@@ -16,7 +16,7 @@ import orjson
 
 from auditing import FORMAT_VERSION
 from auditing.chain import (
-    STATE_NAME, ChainingSink, SealKey, chain_value, derive, evolve, seal_mac, split_chained,
+    STATE_NAME, ChainingSink, SealKey, chain_value, chained_line, derive, evolve, seal_mac, split_chained,
 )
 from auditing.cli import main
 from auditing.event import iso_time
@@ -360,9 +360,9 @@ class TestTampering(TrailTest):
         lines[index] = lines[index].replace(b"say line", b"say LINE")
         head = split_chained(lines[index - 1])[2]
         for position in range(index, len(lines)):
-            body, _seq, _chain = split_chained(lines[position])
-            head = chain_value(head, body)
-            lines[position] = body[:-1] + b',"chain":"' + head.hex().encode() + b'"}'
+            record, seq, _chain = split_chained(lines[position])
+            head = chain_value(head, seq, record)
+            lines[position] = chained_line(record, seq, head)
         self.rewrite(name, lines)
         report = self.verify(1)
         kinds = [p["kind"] for p in report["problems"]]
@@ -386,8 +386,8 @@ class TestTampering(TrailTest):
             forged_mac = seal_mac(attempt_key, seal["epoch"], seal["sealed_seq"], seal["sealed_head"], seal["time"])
             self.assertNotEqual(forged_mac, seal["mac"])
         lines[target] = lines[target].replace(seal["mac"].encode(), forged_mac.encode())
-        body = split_chained(lines[target])[0]
-        lines[target] = body[:-1] + b',"chain":"' + chain_value(split_chained(lines[target - 1])[2], body).hex().encode() + b'"}'
+        record, seq, _chain = split_chained(lines[target])
+        lines[target] = chained_line(record, seq, chain_value(split_chained(lines[target - 1])[2], seq, record))
         self.rewrite(name, lines)
         report = self.verify(1)
         self.assertEqual(self.tampering(report)[0], ("bad_seal", name, target + 1))

@@ -182,7 +182,7 @@ class Verifier:
             if len(self.waiting) > _KNOWN_WINDOW:
                 self.waiting.pop(next(iter(self.waiting)))
             previous_head = None
-        if previous_head is not None and chain_value(previous_head, body) != chain:
+        if previous_head is not None and chain_value(previous_head, seq, body) != chain:
             self._problem("modified", position, "the record does not match its chain value: it was edited")
         self.head, self.expected, self.last_seq = chain, seq + 1, seq
         self._remember(seq, chain, position)
@@ -239,10 +239,10 @@ class Verifier:
 
     def _check_link(self, seq, body, chain, position):
         before = self.known.get(seq - 1)
-        if before is not None and chain_value(before[0], body) != chain:
+        if before is not None and chain_value(before[0], seq, body) != chain:
             self._problem("modified", position, "the record does not match its chain value: it was edited")
         after = self.waiting.pop(seq + 1, None)
-        if after is not None and chain_value(chain, after[0]) != after[1]:
+        if after is not None and chain_value(chain, seq + 1, after[0]) != after[1]:
             self._problem("modified", after[2], "the record does not match its chain value: it was edited")
 
     # ------------------------------------------------------------ record kinds
