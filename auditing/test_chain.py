@@ -10,20 +10,25 @@ import io
 import os
 import shutil
 import tempfile
+import time
 import unittest
 
 import orjson
+from django.test import override_settings
+from evennia.utils.test_resources import EvenniaTest
 
-from auditing import FORMAT_VERSION
+from auditing import FORMAT_VERSION, conf
 from auditing.chain import (
     STATE_NAME, ChainingSink, SealKey, chain_value, chained_line, derive, evolve, seal_mac, split_chained,
 )
 from auditing.cli import main
-from auditing.event import iso_time
+from auditing.event import RCV, capture, iso_time
 from auditing.filesink import FileSink
+from auditing.pipeline import Pipeline
 from auditing.retention import gzip_file
 from auditing.sinkbase import SinkError
 from auditing.testing import requires_servers
+from auditing.trail import Reader
 from auditing.verify import verify
 
 try:
@@ -392,6 +397,41 @@ class TestTampering(TrailTest):
         report = self.verify(1)
         self.assertEqual(self.tampering(report)[0], ("bad_seal", name, target + 1))
         self.assertIn("MAC", report["problems"][0]["detail"])
+
+
+class TestThroughThePipeline(EvenniaTest):
+    """The settings, `outputs.to_file` and the pipeline's writer thread: what a game runs."""
+
+    def seals(self, directory):
+        return [r for r, _ in Reader(directory) if r.get("kind") == "seal"] if os.path.isdir(directory) else []
+
+    def test_settings_reload_and_the_seal_timer_on_the_writer_thread(self):
+        root = tempfile.mkdtemp(prefix="audit-chain-")
+        self.addCleanup(shutil.rmtree, root, True)
+        log_dir, key_file = os.path.join(root, "logs"), os.path.join(root, "server", "audit_seal.key")
+        initial = SealKey.create(key_file)
+        with override_settings(AUDIT_CALLBACK="auditing.outputs.to_file", AUDIT_LOG_DIR=log_dir,
+                               AUDIT_SEAL_KEY_FILE=key_file, AUDIT_SEAL_INTERVAL=0.05, AUDIT_FLUSH_INTERVAL=0.01):
+            config = conf.load()
+        self.assertEqual((config.chain, config.seal_interval, config.seal_key_file), (True, 0.05, key_file))
+        for run in range(2):  # a reload in between: the chain and the key carry over
+            pipeline = Pipeline(config).start()
+            self.addCleanup(pipeline.stop)
+            self.assertIsInstance(pipeline.sink, ChainingSink)
+            before = len(self.seals(log_dir))
+            for index in range(30):
+                pipeline.submit(capture(self.session, RCV, {"text": ([f"say {run}-{index}"], {})}))
+            deadline = time.monotonic() + 10
+            while len(self.seals(log_dir)) == before and time.monotonic() < deadline:
+                time.sleep(0.02)  # no event comes: the writer's idle tick seals
+            self.assertGreater(len(self.seals(log_dir)), before)
+            pipeline.stop()
+        report = verify(log_dir, initial)
+        self.assertEqual((report["problems"], report["notes"]), ([], []))
+        self.assertEqual(report["unsealed_records"], 0)
+        io = [r["text"] for r, _ in Reader(log_dir) if r.get("kind") == "io"]
+        self.assertEqual(io, [f"say {run}-{index}" for run in range(2) for index in range(30)])
+        self.assertEqual(SealKey.load(key_file).epoch, report["seals"])
 
 
 @requires_servers
