@@ -23,7 +23,7 @@ The verifier derives k(n) from k(0), the key `evennia-audit keygen` printed once
 Without a key file the records are chained but not sealed (logged once).
 
 Resuming. The head is taken, at the first write, from the last complete record of the trail (file
-sink: a clean close ends it with a seal) or, for syslog, from a small state file in AUDIT_LOG_DIR
+sink: a clean close ends it with a `final` seal) or, for syslog, from a small state file in AUDIT_LOG_DIR
 (written at each flush; `clean` at close). After a clean close the chain simply continues; otherwise a
 `chain_start` record (reason `crash`) states the head it recovered, and whether a cut last line was
 found, so the verifier tells a crash from an edit. Without a seal key a file trail cannot tell a reload
@@ -235,9 +235,9 @@ def read_lines(path, compressed=None):
 
 
 def last_chained(path, compressed=None):
-    """(chain_seq, chain, cut, kind) of the last complete chained line of a file; None values if none.
+    """(chain_seq, chain, cut, record) of the last complete chained line of a file; None values if none.
 
-    `cut` says the file ends inside a record (a crash during a write); `kind` is that record's kind.
+    `cut` says the file ends inside a record (a crash during a write); `record` is that line, parsed.
     """
     cut = False
     try:
@@ -268,15 +268,15 @@ def last_chained(path, compressed=None):
         parts = split_chained(line.rstrip(b"\n"))
         if parts is not None:
             try:
-                kind = orjson.loads(line).get("kind")
-            except (orjson.JSONDecodeError, AttributeError):
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError:
                 continue
-            return parts[1], parts[2], cut, kind
+            return parts[1], parts[2], cut, record
     return None, None, cut, None
 
 
 def trail_head(directory):
-    """(chain_seq, chain, cut, kind) at the end of the newest trail file holding a chained record."""
+    """(chain_seq, chain, cut, record) at the end of the newest trail file holding a chained record."""
     from .trail import TrailError, list_files
 
     try:
@@ -285,10 +285,10 @@ def trail_head(directory):
         return None, None, False, None
     cut_seen = False
     for trail_file in reversed(files):
-        seq, chain, cut, kind = last_chained(trail_file.path, trail_file.compressed)
+        seq, chain, cut, record = last_chained(trail_file.path, trail_file.compressed)
         cut_seen = cut_seen or cut
         if seq is not None:
-            return seq, chain, cut_seen, kind
+            return seq, chain, cut_seen, record
     return None, None, cut_seen, None
 
 
@@ -357,8 +357,9 @@ class ChainingSink(Sink):
 
     def _resume(self, now):
         if self.trail_dir is not None:
-            seq, head, cut, kind = trail_head(self.trail_dir)
-            clean = not cut and (self._key is None or kind == "seal")  # a clean close ends with a seal
+            seq, head, cut, last = trail_head(self.trail_dir)
+            # A clean close ends the trail with a final seal.
+            clean = not cut and (self._key is None or (type(last) is dict and last.get("final") is True))
         else:
             state = (read_state(self.state_path) if self.state_path else None) or {}
             seq, head, cut = state.get("chain_seq"), state.get("chain"), False
@@ -486,10 +487,11 @@ class ChainingSink(Sink):
 
     # ------------------------------------------------------------ seals
 
-    def _seal_if_due(self, now, force=False):
-        if self._key is None or self._seq == self._sealed_seq or self._own:
+    def _seal_if_due(self, now, final=False):
+        """Seal when the interval is up and records came; `final` (close): always."""
+        if self._key is None or self._own or (self._seq == self._sealed_seq and not final):
             return
-        if not force and now - self._last_seal < self.seal_interval:
+        if not final and now - self._last_seal < self.seal_interval:
             return
         try:
             when, fields = self._key.seal(self._seq, self._head, now)
@@ -499,6 +501,8 @@ class ChainingSink(Sink):
             self._key = None
             return
         self._sealed_seq, self._last_seal = self._seq + 1, now
+        if final:
+            fields["final"] = True  # the next start knows the writer stopped cleanly
         self._queue_own(orjson.dumps({"v": FORMAT_VERSION, "kind": "seal", "time": when, **fields}), now)
         self._deliver_own()
         self._save_state(clean=False)
@@ -542,7 +546,7 @@ class ChainingSink(Sink):
         try:
             now = self.clock()
             if self._started and self._deliver_own():
-                self._seal_if_due(now, force=True)
+                self._seal_if_due(now, final=True)
             if self._started and not self._own:
                 self._save_state(clean=True)
         finally:

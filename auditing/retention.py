@@ -66,7 +66,7 @@ class Retention:
     def _delete(self, files, now):
         through_seq = None
         for trail_file in reversed(files):
-            through_seq, _chain, _cut, _kind = last_chained(trail_file.path, trail_file.compressed)
+            through_seq, _chain, _cut, _record = last_chained(trail_file.path, trail_file.compressed)
             if through_seq is not None:
                 break
         done, failed = [], []

@@ -9,6 +9,7 @@ import contextlib
 import io
 import os
 import shutil
+import signal
 import tempfile
 import time
 import unittest
@@ -466,3 +467,35 @@ class TestRsyslog(TrailTest):
             handle.write(b"\n".join(data))
         report = verify(server.out_path, self.key)
         self.assertEqual(self.tampering(report), [("modified", "out.log", 8)])
+
+
+@requires_servers
+class TestRealGame(unittest.TestCase):
+    """A real Evennia game: a reload, the writer's own seals, a kill -9 of the server, a restart."""
+
+    def test_reload_and_kill_9_of_a_real_game_verify(self):
+        from auditing.testing.game import GameServer
+
+        root = tempfile.mkdtemp(prefix="audit-chain-game-")
+        self.addCleanup(shutil.rmtree, root, True)
+        key_file, log_dir = os.path.join(root, "audit_seal.key"), os.path.join(root, "trail")
+        initial = SealKey.create(key_file)
+        game = GameServer(root, name="chaingame", audit_dir=log_dir, stop_at_exit=True, settings_extra=(
+            f"AUDIT_LOG_DIR = {log_dir!r}\nAUDIT_SEAL_KEY_FILE = {key_file!r}\nAUDIT_SEAL_INTERVAL = 1"))
+        self.addCleanup(game.stop)
+        game.up()
+        game.reload()  # a clean stop: sealed at close, the chain continues
+        game.probe()
+        time.sleep(2.5)  # the writer seals on its own clock
+        os.kill(game.pids()["server"], signal.SIGKILL)
+        game.stop()
+        game.start()
+        game.probe()
+        game.stop()
+        report = verify(log_dir, initial)
+        self.assertEqual(report["problems"], [], report["notes"])
+        self.assertTrue(report["notes"])
+        self.assertEqual({note["kind"] for note in report["notes"]}, {"crash"})  # the kill -9, nothing else
+        self.assertGreaterEqual(report["seals"], 3)
+        self.assertEqual(report["unsealed_records"], 0)  # the last stop sealed everything
+        self.assertEqual(SealKey.load(key_file).epoch, report["seals"])

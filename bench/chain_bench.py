@@ -96,7 +96,7 @@ def main():
             sink = ChainingSink(FileSink(chain_dir, clock=lambda: START), None, key_path, 1e9,
                                 trail_dir=chain_dir, clock=lambda: START)
             results["file+chain"].append(timed(lambda: push(sink, records, times)))
-            results["seal"].append(timed(lambda: sink._seal_if_due(START, force=True)))
+            results["seal"].append(timed(lambda: sink._seal_if_due(START, final=True)))
             sink.close()
             elapsed = timed(lambda: verify(chain_dir, None))
             verify_rate.append(args.records / (elapsed / 1e9))
