@@ -324,6 +324,7 @@ class TestTampering(TrailTest):
                 report = self.verify(1)
                 self.assertEqual(self.tampering(report), [("deleted", name, start + 1)])
                 self.assertEqual(report["problems"][0]["missing"], count)
+                self.assertIsInstance(report["problems"][0]["interval"], dict)  # the seal after the gap
             finally:
                 self.rewrite(name, original)
 

@@ -19,6 +19,7 @@ import collections
 import hmac
 import os
 import sys
+import zlib
 
 import orjson
 
@@ -53,7 +54,7 @@ class Verifier:
         self.expected = None  # next chain_seq
         self.first = None  # (seq, position) of the first chained record
         self.known = collections.OrderedDict()  # seq -> (chain, position)
-        self.missing = []  # [first seq, last seq, position before, position after]
+        self.missing = []  # [first seq, last seq, position before, position after, seals seen]
         self.waiting = {}  # seq -> (body, chain, position): records whose predecessor is missing
         self.malformed = []  # (position, line) not yet explained
         self.last_position = None
@@ -70,9 +71,10 @@ class Verifier:
 
     # ------------------------------------------------------------ reporting
 
-    def _problem(self, kind, position, detail, **extra):
+    def _problem(self, kind, position, detail, seals=None, **extra):
+        """A tampering finding; `seals`: seals seen before it (default: now), for its interval."""
         self.problems.append({"kind": kind, **self._where(position), "detail": detail,
-                              "_seals": len(self.intervals), **extra})
+                              "_seals": len(self.intervals) if seals is None else seals, **extra})
 
     def _note(self, kind, position, detail, **extra):
         self.notes.append({"kind": kind, **self._where(position), "detail": detail,
@@ -105,7 +107,7 @@ class Verifier:
         try:
             for number, line in enumerate(read_lines(trail_file.path, trail_file.compressed), 1):
                 self._line(trail_file, number, line, is_last)
-        except (EOFError, OSError) as error:
+        except (EOFError, OSError, zlib.error) as error:
             if isinstance(error, FileNotFoundError):
                 raise
             self._problem("truncated", (trail_file, number + 1, None, None),
@@ -176,7 +178,7 @@ class Verifier:
             self._out_of_order(record, body, seq, chain, position)
             return
         elif seq > self.expected:
-            self.missing.append([self.expected, seq - 1, self.last_position, position])
+            self.missing.append([self.expected, seq - 1, self.last_position, position, len(self.intervals)])
             self.gaps_since_seal += 1
             self.waiting[seq] = (body, chain, position)
             if len(self.waiting) > _KNOWN_WINDOW:
@@ -207,7 +209,7 @@ class Verifier:
             self._note("crash", position, "the writer stopped without closing the chain "
                        f"(kill -9, power cut); the chain resumes from chain_seq {prev_seq}")
         elif prev_seq >= self.expected:
-            self.missing.append([self.expected, prev_seq, self.last_position, position])
+            self.missing.append([self.expected, prev_seq, self.last_position, position, len(self.intervals)])
             self.gaps_since_seal += 1
         else:
             self._note("crash", position, f"the writer restarted from chain_seq {prev_seq} after a crash; "
@@ -233,9 +235,9 @@ class Verifier:
     def _fill(self, gap, seq):
         self.missing.remove(gap)
         if gap[0] < seq:
-            self.missing.append([gap[0], seq - 1, gap[2], gap[3]])
+            self.missing.append([gap[0], seq - 1, *gap[2:]])
         if seq < gap[1]:
-            self.missing.append([seq + 1, gap[1], gap[2], gap[3]])
+            self.missing.append([seq + 1, *gap[1:]])
 
     def _check_link(self, seq, body, chain, position):
         before = self.known.get(seq - 1)
@@ -308,8 +310,8 @@ class Verifier:
         for position, _line in self.malformed:
             self._problem("unparseable", position, "a line that is not a JSON record (edited?)")
         self._start_of_trail()
-        for first, last, before, after in sorted(self.missing, key=lambda gap: gap[0]):
-            self._gap(first, last, before, after)
+        for gap in sorted(self.missing, key=lambda gap: gap[0]):
+            self._gap(*gap)
 
     def _start_of_trail(self):
         if self.first is None or self.first[0] <= 1:
@@ -320,22 +322,23 @@ class Verifier:
                        f"({', '.join(self.retention_files)})")
         else:
             self._problem("file_removed", position, f"the trail starts at chain_seq {seq}: "
-                          f"the first {seq - 1} records (their files) are missing")
+                          f"the first {seq - 1} records (their files) are missing", 0)
 
-    def _gap(self, first, last, before, after):
+    def _gap(self, first, last, before, after, seals):
         count = last - first + 1
         span = f"chain_seq {first}..{last}" if count > 1 else f"chain_seq {first}"
         if before is not None and after is not None and before[0] is not after[0]:
             removed = self._files_between(before[0], after[0])
             if removed:
                 self._problem("file_removed", after, f"{count} records ({span}) missing: "
-                              f"file(s) {', '.join(removed)} removed", missing=count)
+                              f"file(s) {', '.join(removed)} removed", seals, missing=count)
             else:
                 self._problem("truncated", after, f"{count} records ({span}) missing at the end of "
-                              f"{before[0].name} (after line {before[1]}): the file was truncated", missing=count)
+                              f"{before[0].name} (after line {before[1]}): the file was truncated", seals,
+                              missing=count)
         else:
             self._problem("deleted", after, f"{count} records ({span}) were deleted before this line",
-                          missing=count)
+                          seals, missing=count)
 
     @staticmethod
     def _files_between(earlier, later):
