@@ -6,8 +6,8 @@ over (the record stays one JSON object):
 
     {...,"chain_seq":1234,"chain":"<32 hex>"}
 
-`chain_seq` counts the records of the stream (1, 2, ...); `chain` = BLAKE2b-128(previous chain value ||
-chain_seq as 8 bytes big-endian || the record's bytes without the two fields). Those bytes are the line
+`chain_seq` counts the records of the stream (1, 2, ...); `chain` = BLAKE2b-128(previous `chain` (32 hex
+characters) || chain_seq in decimal || the record's bytes without the two fields), in hex. Those bytes are the line
 as written minus its tail, so a verifier recomputes the chain from the line as it stands
 (`split_chained`), without re-serialising JSON; a syslog daemon that stores the message as received
 (`%msg%`) keeps it verifiable too. One chain
@@ -46,7 +46,7 @@ from .sinkbase import Sink, SinkError
 
 CHAIN_BYTES = 16
 KEY_BYTES = 32
-ZERO_HEAD = bytes(CHAIN_BYTES)
+ZERO_HEAD = b"0" * (2 * CHAIN_BYTES)  # the "previous chain value" of chain_seq 1 (values are hex bytes)
 SECRET_MODE = 0o600
 STATE_NAME = "audit_chain_{}.state"  # syslog outputs only (a file trail holds its own head)
 _CHAIN_OPEN = b',"chain":"'
@@ -66,17 +66,17 @@ def _log(level, message):
 
 
 def chain_value(previous, seq, record):
-    """The chain value of a record: BLAKE2b-128 of the previous value, its chain_seq and its bytes."""
-    return hashlib.blake2b(previous + seq.to_bytes(8, "big") + record, digest_size=CHAIN_BYTES).digest()
+    """The chain value (hex bytes) of a record: BLAKE2b-128 of the previous value, chain_seq, record."""
+    return hashlib.blake2b(b"%b%d%b" % (previous, seq, record), digest_size=CHAIN_BYTES).hexdigest().encode()
 
 
 def chained_line(record, seq, chain):
     """The record as written: `record` (bytes of one JSON object) with its chain fields appended."""
-    return _LINE % (record[:-1], seq, chain.hex().encode())
+    return _LINE % (record[:-1], seq, chain)
 
 
 def split_chained(line):
-    """(record, chain_seq, chain bytes) of a chained line, or None if it has no chain fields.
+    """(record, chain_seq, chain as hex bytes) of a chained line, or None if it has no chain fields.
 
     `record` is the record as hashed: the line without its two chain fields.
     """
@@ -84,10 +84,7 @@ def split_chained(line):
         return None
     if line[-2:] != b'"}':
         return None
-    try:
-        chain = bytes.fromhex(line[-2 - 2 * CHAIN_BYTES:-2].decode("ascii"))
-    except (ValueError, UnicodeDecodeError):
-        return None
+    chain = line[-2 - 2 * CHAIN_BYTES:-2]
     where = line.rfind(_SEQ_KEY, 0, len(line) - _SUFFIX_LEN)
     if where < 0:
         return None
@@ -209,7 +206,7 @@ class SealKey:
     def seal(self, sealed_seq, head, now):
         """A seal record's fields for `head`, then evolve: k(n) is gone from memory and disk."""
         when = iso_time(now)
-        head_hex = head.hex()
+        head_hex = head.decode()
         fields = {
             "epoch": self.epoch, "key_id": self.key_id, "sealed_seq": sealed_seq,
             "sealed_head": head_hex, "mac": seal_mac(self.key, self.epoch, sealed_seq, head_hex, when),
@@ -363,14 +360,14 @@ class ChainingSink(Sink):
         else:
             state = (read_state(self.state_path) if self.state_path else None) or {}
             seq, head, cut = state.get("chain_seq"), state.get("chain"), False
-            head = bytes.fromhex(head) if seq else None
+            head = head.encode() if seq else None
             clean = bool(state.get("clean"))
         if not seq:
             return  # a new chain: its first record has chain_seq 1 and follows the zero head
         self._seq, self._head = seq, head
         if not clean:
             self._queue_own(record_bytes(
-                "chain_start", now, reason="crash", prev_seq=seq, prev_head=head.hex(),
+                "chain_start", now, reason="crash", prev_seq=seq, prev_head=head.decode(),
                 cut_line=cut, detail="the previous writer stopped without closing the chain",
             ), now)
         self._save_state(clean=False)
@@ -464,8 +461,8 @@ class ChainingSink(Sink):
         append, remember = out.append, heads.append
         for record in records:
             seq += 1
-            head = blake2b(head + seq.to_bytes(8, "big") + record, digest_size=CHAIN_BYTES).digest()
-            append(line % (record[:-1], seq, head.hex().encode()))
+            head = blake2b(b"%b%d%b" % (head, seq, record), digest_size=CHAIN_BYTES).hexdigest().encode()
+            append(line % (record[:-1], seq, head))
             remember(head)
         return out, heads
 
@@ -531,7 +528,7 @@ class ChainingSink(Sink):
             return
         try:
             _write_secret(self.state_path, json.dumps(
-                {"chain_seq": self._seq, "chain": self._head.hex(), "clean": clean,
+                {"chain_seq": self._seq, "chain": self._head.decode(), "clean": clean,
                  "time": iso_time(self.clock())}).encode(), sync=clean)
             self._state_saved = state
         except OSError as error:

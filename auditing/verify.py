@@ -198,8 +198,8 @@ class Verifier:
     def _restart(self, record, seq, position):
         try:
             prev_seq = int(record.get("prev_seq"))
-            prev_head = bytes.fromhex(record.get("prev_head"))
-        except (TypeError, ValueError):
+            prev_head = record["prev_head"].encode()
+        except (TypeError, ValueError, KeyError, AttributeError):
             self._problem("modified", position, "a chain_start record without a valid previous head")
             return None
         self.crashes_since_seal += 1
@@ -270,7 +270,7 @@ class Verifier:
         # After a gap (already reported) the head before the seal is unknown, and removed seals are
         # part of that deletion: not reported twice.
         if previous_head is not None and (record.get("sealed_seq") != seq - 1
-                                          or record.get("sealed_head") != previous_head.hex()):
+                                          or record.get("sealed_head") != previous_head.decode()):
             problems.append("it does not match the chain before it: records it seals were rewritten")
         if self.last_epoch is not None and epoch != self.last_epoch + 1:
             if isinstance(epoch, int) and epoch > self.last_epoch + 1 and self.gaps_since_seal:
