@@ -3,7 +3,8 @@ Cost of the hash chain and seals on the writer thread (a benchmark, not a test).
 
     .venv/py311/bin/python bench/chain_bench.py [--records 200000] [--rounds 7] [--out FILE]
 
-Records are real-shaped `io` records (the keys the pipeline writes, 300-400 bytes of JSON). Per round,
+Records are real-shaped `io` records (the keys the pipeline writes, 300-400 bytes of JSON). Times are the
+CPU time of the writing thread (`time.thread_time_ns`; the seal's fsync wait is not CPU). Per round,
 interleaved, median and min over rounds:
 
 - chain only: `ChainingSink` over a sink that does nothing, minus that sink alone: the work the chain
@@ -68,9 +69,10 @@ def push(sink, records, times):
 
 
 def timed(fn):
-    start = time.perf_counter_ns()
+    """CPU time of this thread (the writer's work), in ns: steadier than wall time on a shared machine."""
+    start = time.thread_time_ns()
     fn()
-    return time.perf_counter_ns() - start
+    return time.thread_time_ns() - start
 
 
 def main():
@@ -115,6 +117,7 @@ def main():
         "# Hash chain and seal cost (bench/chain_bench.py)",
         "",
         f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
+        f"- load average at the end: {os.getloadavg()[0]:.2f}; times are CPU time of the writing thread",
         f"- Python {platform.python_version()}; {args.records:,} records of {size:.0f} bytes on average, batches of {BATCH}; "
         f"{args.rounds} rounds, 'median (min)'",
         "",
@@ -125,7 +128,7 @@ def main():
         f"| FileSink under ChainingSink (with seal key) | {per_record('file+chain')} |",
         f"| added by the chain on a real file | {per_record('file+chain', 'file')} |",
         "",
-        f"- one seal (MAC, key evolved, key file rewritten with fsync): "
+        f"- one seal (MAC, key evolved, key file rewritten with fsync; CPU time): "
         f"{statistics.median(results['seal']) / 1000:.0f} µs median ({min(results['seal']) / 1000:.0f} min); one per "
         "AUDIT_SEAL_INTERVAL (60 s)",
         f"- verify (chain only): {statistics.median(verify_rate):,.0f} records/s median",
