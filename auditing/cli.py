@@ -57,6 +57,7 @@ import orjson
 from . import render, trail
 from .render import MARKERS, for_terminal
 from .trail import Filter, Reader, TrailError
+from .verify import add_commands as add_proof_commands
 
 PROG = "evennia-audit"
 MAX_PROBLEMS_SHOWN = 20
@@ -865,6 +866,7 @@ def build_parser():
     add_replay(sub, shared)
     add_export(sub, shared)
     add_stats(sub, shared)
+    add_proof_commands(sub)  # keygen, verify (auditing/verify.py)
     return parser
 
 

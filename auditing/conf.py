@@ -48,6 +48,19 @@ Settings (all optional except `SERVER_SESSION_CLASS`, which switches auditing on
         `("host", port)`), `transport` ("unix" for a path; "tcp" (default) or "udp" for
         `(host, port)`: UDP cannot report a record lost on the way, see `auditing.syslog`),
         `facility` ("user", "local0", ...), `app_name` ("evennia-audit").
+
+    # ---- tamper evidence and retention (auditing.chain, auditing.retention)
+    AUDIT_CHAIN = True
+        Add `chain_seq` and `chain` (a BLAKE2b hash chain) to every record of the built-in outputs.
+    AUDIT_SEAL_INTERVAL = 60
+        Seconds between `seal` records (a MAC of the chain head under a key that then evolves).
+    AUDIT_SEAL_KEY_FILE = GAME_DIR/server/audit_seal.key
+        The evolving seal key (`evennia-audit keygen` creates it; keep it outside AUDIT_LOG_DIR).
+        No file: records are chained but not sealed.
+    AUDIT_RETENTION_DAYS = 0
+        Delete the files of days older than this many days (0: keep everything).
+    AUDIT_COMPRESS_AFTER_DAYS = 0
+        Gzip the files of days older than this many days (0: never).
 """
 
 import dataclasses
@@ -78,6 +91,11 @@ DEFAULTS = {
     "AUDIT_LOG_DIR": None,
     "AUDIT_FILE_MAX_BYTES": 0,
     "AUDIT_SYSLOG": {},
+    # tamper evidence and retention
+    "AUDIT_CHAIN": True,
+    "AUDIT_SEAL_INTERVAL": 60,
+    "AUDIT_RETENTION_DAYS": 0,
+    "AUDIT_COMPRESS_AFTER_DAYS": 0,
 }
 SYSLOG_DEFAULTS = {
     "address": None,
@@ -125,6 +143,12 @@ class AuditConfig:
     version: str
     pid: int
     stop_timeout: float = 10.0
+    # ---- tamper evidence and retention (see chain_settings)
+    chain: bool = True
+    seal_interval: float = 60.0
+    seal_key_file: Any = None
+    retention_days: int = 0
+    compress_after_days: int = 0
 
 
 def command_lock():
@@ -320,7 +344,31 @@ def load():
         application=str(getattr(settings, "SERVERNAME", "Evennia")),
         version=_evennia_version(),
         pid=os.getpid(),
+        **chain_settings(),
     )
+
+
+# ---------------------------------------------------------------- tamper evidence and retention
+
+
+def default_seal_key_file():
+    """GAME_DIR/server/audit_seal.key: beside the game's code, outside the log directory."""
+    game_dir = getattr(settings, "GAME_DIR", None) or os.getcwd()
+    return os.path.join(game_dir, "server", "audit_seal.key")
+
+
+def chain_settings():
+    """AUDIT_CHAIN, AUDIT_SEAL_INTERVAL, AUDIT_SEAL_KEY_FILE, AUDIT_RETENTION_DAYS, AUDIT_COMPRESS_AFTER_DAYS."""
+    key_file = getattr(settings, "AUDIT_SEAL_KEY_FILE", None) or default_seal_key_file()
+    if not isinstance(key_file, (str, os.PathLike)):
+        _fail("AUDIT_SEAL_KEY_FILE", key_file, "must be a file path")
+    return {
+        "chain": _bool("AUDIT_CHAIN"),
+        "seal_interval": float(_number("AUDIT_SEAL_INTERVAL", (int, float), 0.01)),
+        "seal_key_file": os.fspath(key_file),
+        "retention_days": _number("AUDIT_RETENTION_DAYS", int, 0),
+        "compress_after_days": _number("AUDIT_COMPRESS_AFTER_DAYS", int, 0),
+    }
 
 
 _cached = None

@@ -16,6 +16,7 @@ them directly. A custom callback is any callable taking one dict:
 It runs on the audit writer thread (never the game's), in order, one event at a time.
 """
 
+import os
 import threading
 
 from . import conf
@@ -39,8 +40,12 @@ class BuiltinOutput:
         self._lock = threading.Lock()
 
     def make_sink(self, config):
-        """A new sink for the pipeline's writer thread."""
-        return self.factory(config)
+        """A new sink for the pipeline's writer thread, chained and sealed (`auditing.chain`).
+
+        Only the pipeline's sink is chained: it is the one stream of the trail. Direct calls
+        (`__call__`) write plain records.
+        """
+        return _with_trail_guards(self.factory(config), config, self.__name__)
 
     def __call__(self, event):
         """Write one event now (direct use, outside the pipeline)."""
@@ -56,6 +61,28 @@ class BuiltinOutput:
 
     def __repr__(self):
         return f"auditing.outputs.{self.__name__}"
+
+
+def _with_trail_guards(sink, config, name):
+    """Wrap a built-in sink in `ChainingSink` (hash chain, seals; retention for the file sink)."""
+    from .chain import STATE_NAME, ChainingSink
+    from .retention import Retention
+
+    trail_dir = getattr(sink, "directory", None)
+    retention = Retention(trail_dir, config.retention_days, config.compress_after_days) if trail_dir else None
+    if not config.chain and not retention:
+        return sink
+    # A file trail holds its own head; a syslog output keeps it in a state file in AUDIT_LOG_DIR.
+    state_path = None if trail_dir or not config.chain else os.path.join(config.log_dir, STATE_NAME.format(name))
+    return ChainingSink(
+        sink,
+        state_path=state_path,
+        key_path=config.seal_key_file if config.chain else None,
+        seal_interval=config.seal_interval,
+        chain=config.chain,
+        trail_dir=trail_dir,
+        on_new_day=retention or None,
+    )
 
 
 def _file_sink(config):

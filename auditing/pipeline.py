@@ -262,6 +262,8 @@ class Pipeline:
                 self._deliver([])
             self._check_losses()
             self.loss.end_episode(self.clock())
+            if self.sink is not None and hasattr(self.sink, "on_idle"):
+                self.sink.on_idle()  # auditing.chain: seals come due on the writer's clock too
 
     def _take_batch(self):
         """Up to `_BATCH` events from the queue (the game thread may take the oldest meanwhile)."""
