@@ -239,13 +239,13 @@ class Builder:
     def forget(self, conn):
         self.states.pop(conn, None)
 
-    def export_states(self):
+    def export_states(self, now):
         """What carries over a reload for each connection's scrubbing (no secret in clear)."""
-        return {conn: state.export() for conn, state in self.states.items() if state.export()}
+        return {conn: state.export(now) for conn, state in self.states.items()}
 
-    def restore(self, conn, exported):
+    def restore(self, conn, exported, now):
         """Take back `export_states()[conn]` from the previous server process."""
-        self.state(conn).restore(exported)
+        self.state(conn).load(exported, now)
 
     def build(self, captured):
         """The event dict for one captured tuple (see `capture`)."""

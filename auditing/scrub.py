@@ -502,13 +502,6 @@ class ConnectionScrubState:
                 for word in words:
                     self.memory.remember(word, now)
 
-    def export(self):
-        """What carries over a reload (None when there is nothing to carry)."""
-        return {"armed_by": self.armed_by} if self.armed_by else None
-
-    def restore(self, exported):
-        self.armed_by = exported.get("armed_by") if isinstance(exported, dict) else None
-
     def untaint(self, text, now):
         """Mask remembered secrets of this connection wherever they reappear in output."""
         text, found = self.memory.mask(text, now, self.key)

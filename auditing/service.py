@@ -174,7 +174,7 @@ class AuditService:
         if carried is not None and carried.clean:
             session.audit_conn, session.audit_seq = carried.conn, carried.seq
             if carried.scrub:
-                self.pipeline.builder.restore(carried.conn, carried.scrub)
+                self.pipeline.builder.restore(carried.conn, carried.scrub, self.clock())
             return
         self.registry.assign(session)
         if carried is not None:
@@ -244,7 +244,7 @@ class AuditService:
             hooks.log_error(problem)
 
     def _save(self, clean):
-        scrub = self.pipeline.builder.export_states()
+        scrub = self.pipeline.builder.export_states(self.clock())
         self._write_snapshot(self.registry.snapshot(hooks.open_sessions(), scrub, clean=clean))
 
     # ---------------------------------------------------------------- signals

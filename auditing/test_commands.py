@@ -15,7 +15,6 @@ from unittest import mock
 
 import evennia
 from django.test import override_settings
-from evennia.server import sessionhandler
 from evennia.utils.test_resources import EvenniaTest
 from twisted.internet import defer, threads
 
@@ -24,27 +23,25 @@ from .commands import CmdAudit
 from .scrub import MASK
 from .server import AuditedServerSession
 from .testing import requires_servers
+from .testing.base import TempTrailMixin
 
 LIVE_MARKUP = re.compile(r"(?<!\|)(?:\|\|)*\|l[ctu]")  # an unescaped link code
 
 
-class CommandTestCase(EvenniaTest):
-    """Staff (account, Developer) looks at account2 through the command; records go to real files."""
+class CommandTestCase(TempTrailMixin, EvenniaTest):
+    """Staff (account, Developer) looks at account2 through the command; records go to real files.
+
+    The sessions are audited ones whatever SERVER_SESSION_CLASS says, and the trail is a temporary
+    directory (`TempTrailMixin`).
+    """
 
     def setUp(self):
         super().setUp()
-        self.dir = tempfile.mkdtemp(prefix="audit-cmd-")
-        self.addCleanup(shutil.rmtree, self.dir, True)
-        override = override_settings(AUDIT_CALLBACK="auditing.outputs.to_file", AUDIT_LOG_DIR=self.dir,
-                                     AUDIT_IN=True, AUDIT_OUT=True)
+        self.dir = self.trail_dir
+        override = override_settings(AUDIT_CALLBACK="auditing.outputs.to_file")
         override.enable()
         self.addCleanup(override.disable)
         patcher = mock.patch.object(evennia.SESSION_HANDLER, "call_inputfuncs")  # the trail, not the game
-        patcher.start()
-        self.addCleanup(patcher.stop)
-        # Under Evennia's default test settings SERVER_SESSION_CLASS is not ours: the sessions the
-        # handler builds here are audited ones whatever the settings say.
-        patcher = mock.patch.object(sessionhandler, "_ServerSession", AuditedServerSession)
         patcher.start()
         self.addCleanup(patcher.stop)
         self.threads = []
