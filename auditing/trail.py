@@ -61,7 +61,7 @@ except ImportError:  # pragma: no cover - older layouts
 UTC = datetime.timezone.utc
 CHUNK = 1 << 20  # bytes read per block
 FILE_RE = re.compile(
-    r"audit_(?P<day>\d{4}-\d{2}-\d{2})(?:\.(?P<part>\d+))?\.log"
+    r"audit_(?P<day>\d{4}-\d{2}-\d{2})(?:\.(?P<part>\d+))?(?:\.contrib(?:\.(?P<aside>\d+))?(?P<contrib>))?\.log"
     r"(?:\.(?P<rotated>\d+)|-(?P<dateext>\d{8}(?:\d{2})?(?:-\d+)?))?(?P<gz>\.gz)?\Z"
 )
 # The old contrib's line: Evennia's log_file time (2-digit year, optional offset), " [-] ", the JSON.
@@ -487,6 +487,9 @@ def parse_name(name):
     except ValueError:
         return None
     index = int(match.group("part")) if match.group("part") else _NEWEST
+    if match.group("contrib") is not None:
+        # The old contrib's file our sink moved aside (`filesink`): older than our files of the day.
+        index = -_NEWEST + int(match.group("aside") or 0)
     if match.group("rotated"):
         rotation = (0, -int(match.group("rotated")))  # logrotate: .log.2 is older than .log.1
     elif match.group("dateext"):
