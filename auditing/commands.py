@@ -72,19 +72,27 @@ class CmdAudit(Command):
       audit/transcript <account or character>[ = <number>]
       audit/sessions <account or character>[ = <number>]
       audit/stats
+      audit/watch <account or character>
+      audit/unwatch [<account or character>]
+      audit/flag <account>
+      audit/unflag <account>
 
     The first form lists the last records (20 by default) of an account or
     character. /transcript shows what its current connection (or, if it is
     not connected, its last one) typed and was shown, in order. /sessions
     lists its last connections: start, end, duration, IP, protocol, end
     reason and record count. /stats shows the audit pipeline's counters.
+    /watch streams a player's records to you live (scrubbed, within a
+    second) until /unwatch or either of you logs out. /flag records an
+    account in full (input and output) whatever AUDIT_CAPTURE says, until
+    /unflag; it is kept on the account across restarts.
     Legend: > typed by the player, < shown by the game, *** connection
     event, !!! records lost. Records are the scrubbed ones: passwords appear
     as ********. Older history: evennia-audit on the files.
     """
 
     key = "audit"
-    switch_options = ("transcript", "sessions", "stats")
+    switch_options = ("transcript", "sessions", "stats", "watch", "unwatch", "flag", "unflag")
     locks = conf.DEFAULT_COMMAND_LOCK
     help_category = "Admin"
 
@@ -116,9 +124,13 @@ class CmdAudit(Command):
             self._record_use(live, "stats", "")
             self._show_stats()
             return
+        control = next((s for s in ("watch", "unwatch", "flag", "unflag") if s in self.switches), None)
+        if control:
+            self._control(live, control)
+            return
         if not self.target:
             self.msg("Usage: audit <name>[ = <number>]  |  audit/transcript <name>  |  audit/sessions <name>  "
-                     "|  audit/stats")
+                     "|  audit/stats  |  audit/watch <name>  |  audit/unwatch  |  audit/flag <account>")
             return
         target = self._find(self.target)
         mode = next((s for s in ("transcript", "sessions") if s in self.switches), "records")
@@ -128,6 +140,51 @@ class CmdAudit(Command):
         deferred = defer_to_thread(work)
         deferred.addCallbacks(self.msg, self._failed)
         return deferred
+
+    def _control(self, live, switch):
+        """watch / unwatch / flag / unflag: change what is watched or recorded (each change is a record)."""
+        found = self._live_object(self.target) if self.target else None
+        name = for_game(self.target, one_line=True)
+        if self.target and found is None:
+            self.msg(f"No account or character '{name}' found.")
+            return
+        if switch == "unwatch":
+            stopped = live.unwatch(self.session, found)
+            self.msg("Stopped watching " + ", ".join(for_game(t, one_line=True) for t in stopped) + "."
+                     if stopped else "You were not watching " + (name or "anyone") + ".")
+            return
+        if found is None:
+            self.msg(f"Usage: audit/{switch} <{'account' if 'flag' in switch else 'account or character'}>")
+            return
+        if switch == "watch":
+            if self.session is None or found in (self.account, self.caller):
+                self.msg("You cannot watch yourself.")
+                return
+            started = live.watch(self.session, found)
+            self.msg(f"Watching {name}: their records appear here as they happen (audit/unwatch {name} to stop)."
+                     if started else f"You are already watching {name}.")
+            return
+        account = found if hasattr(found, "username") else getattr(found, "account", None)
+        if account is None:
+            self.msg(f"{name} has no account to flag.")
+            return
+        changed = live.flag(self.session, account, switch == "flag")
+        who = for_game(account.key, one_line=True)
+        if switch == "flag":
+            self.msg(f"{who} is {'now' if changed else 'already'} recorded in full (input and output).")
+        elif changed:
+            self.msg(f"{who} is now recorded as AUDIT_CAPTURE says ({live.config.capture}).")
+        else:
+            self.msg(f"{who} was not flagged in game (AUDIT_FLAGGED in the settings may name it).")
+
+    @staticmethod
+    def _live_object(name):
+        """The account (first) or character of that name, or None."""
+        from evennia.accounts.models import AccountDB
+        from evennia.objects.models import ObjectDB
+
+        return (AccountDB.objects.filter(username__iexact=name).first()
+                or ObjectDB.objects.filter(db_key__iexact=name).first())
 
     def _failed(self, failure):
         from evennia.utils import logger

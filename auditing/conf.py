@@ -57,6 +57,17 @@ Settings (all optional except `SERVER_SESSION_CLASS`, which switches auditing on
     AUDIT_SEAL_KEY_FILE = GAME_DIR/server/audit_seal.key
         The evolving seal key (`evennia-audit keygen` creates it; keep it outside AUDIT_LOG_DIR).
         No file: records are chained but not sealed.
+    AUDIT_CAPTURE = "all"
+        What is recorded for everyone: "all" (input and output, as AUDIT_IN/AUDIT_OUT say), "input"
+        (only what players type) or "lifecycle" (only connect/login/logout/... records).
+    AUDIT_FLAGGED = []
+        Account names always recorded in full, whatever AUDIT_CAPTURE says (staff can also flag an
+        account in game: `audit/flag NAME`, kept on the account).
+    AUDIT_EXCLUDE_OUTPUT = []
+        Output types never recorded (e.g. ["prompt"] for a prompt sent every second), except for
+        flagged accounts.
+    AUDIT_WATCH_NOTIFY = False
+        Tell a player when staff start or stop watching them live (`audit/watch`).
     AUDIT_RETENTION_DAYS = 0
         Delete the files of days older than this many days (0: keep everything).
     AUDIT_COMPRESS_AFTER_DAYS = 0
@@ -91,6 +102,11 @@ DEFAULTS = {
     "AUDIT_LOG_DIR": None,
     "AUDIT_FILE_MAX_BYTES": 0,
     "AUDIT_SYSLOG": {},
+    # what is recorded (auditing.capture) and the watch feed
+    "AUDIT_CAPTURE": "all",
+    "AUDIT_FLAGGED": [],
+    "AUDIT_EXCLUDE_OUTPUT": [],
+    "AUDIT_WATCH_NOTIFY": False,
     # tamper evidence and retention
     "AUDIT_CHAIN": True,
     "AUDIT_SEAL_INTERVAL": 60,
@@ -149,6 +165,11 @@ class AuditConfig:
     seal_key_file: Any = None
     retention_days: int = 0
     compress_after_days: int = 0
+    # ---- what is recorded (see capture_settings)
+    capture: str = "all"
+    flagged: frozenset = frozenset()  # lower-case account names
+    exclude_output: frozenset = frozenset()
+    watch_notify: bool = False
 
 
 def command_lock():
@@ -345,7 +366,35 @@ def load():
         version=_evennia_version(),
         pid=os.getpid(),
         **chain_settings(),
+        **capture_settings(),
     )
+
+
+# ---------------------------------------------------------------- what is recorded
+
+
+def _names(name):
+    value = _setting(name)
+    if not isinstance(value, (list, tuple, set, frozenset)) or not all(
+        isinstance(item, str) and item for item in value
+    ):
+        _fail(name, value, "must be a list of non-empty strings")
+    return value
+
+
+def capture_settings():
+    """AUDIT_CAPTURE, AUDIT_FLAGGED, AUDIT_EXCLUDE_OUTPUT, AUDIT_WATCH_NOTIFY (see auditing.capture)."""
+    from .capture import LEVELS
+
+    level = _setting("AUDIT_CAPTURE")
+    if level not in LEVELS:
+        _fail("AUDIT_CAPTURE", level, f"must be one of {', '.join(map(repr, LEVELS))}")
+    return {
+        "capture": level,
+        "flagged": frozenset(name.lower() for name in _names("AUDIT_FLAGGED")),
+        "exclude_output": frozenset(_names("AUDIT_EXCLUDE_OUTPUT")),
+        "watch_notify": _bool("AUDIT_WATCH_NOTIFY"),
+    }
 
 
 # ---------------------------------------------------------------- tamper evidence and retention

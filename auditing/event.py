@@ -211,13 +211,7 @@ class Builder:
     def __init__(self, config, scrubber, with_objects=True):
         self.config = config
         self.scrubber = scrubber
-        # Both directions are always observed (scrubbing state needs the prompts and the typed
-        # secrets); only these are recorded: what AUDIT_IN / AUDIT_OUT turn off is what is written.
-        self.recorded = frozenset(
-            direction
-            for direction, on in ((RCV, config.audit_in), (SND, config.audit_out))
-            if on
-        )
+
         # Built-in outputs drop `objects` unread: they are only made for custom callbacks.
         self.with_objects = with_objects
         self._who = {}  # (conn, account, puppet, room) -> (the keys they determine, as JSON)
@@ -304,8 +298,6 @@ class Builder:
             event["masked"] = masked
         if direction == RCV and strings == [LOGIN_START]:
             event["origin"] = "server"  # Evennia feeds this to new connections; nobody typed it
-        if direction not in self.recorded:
-            return None  # observed for scrubbing only
         return self._finish(event, captured, sparse_mode)
 
     def _head(self, captured):
@@ -362,7 +354,7 @@ class Builder:
         event = self._head(captured)
         for key, value in fields.items():
             # Objects (the puppet, a created account) are recorded by name#dbref.
-            event[key] = value if isinstance(value, (str, int, float, bool, type(None))) else _token(value)
+            event[key] = value if isinstance(value, (str, int, float, bool, type(None), dict, list)) else _token(value)
         if kind == "disconnect":
             self.forget(conn)
         sparse_mode = not self.config.allow_sparse

@@ -68,6 +68,14 @@ def call_later(delay, function, *args):
     return _reactor().callLater(delay, function, *args)
 
 
+def on_game_thread(function, *args):
+    """Run `function` on the reactor thread (from another thread); inline when no reactor runs."""
+    if reactor_running():
+        _reactor().callFromThread(function, *args)
+    else:
+        function(*args)
+
+
 def in_thread(function, *args):
     """Run `function` in the reactor's thread pool (inline when no reactor runs)."""
     if reactor_running():
@@ -124,6 +132,35 @@ def is_staff(account):
         )
     except Exception:
         return False
+
+
+def flagged_account_names(attribute, category):
+    """Names of the accounts that carry the flag Attribute (one query, at start)."""
+    from evennia.accounts.models import AccountDB
+
+    return [
+        account.key
+        for account in AccountDB.objects.get_by_attribute(key=attribute, category=category)
+    ]
+
+
+def stored_value(key):
+    """A value Evennia keeps in its database across restarts (ServerConfig); None without a database."""
+    try:
+        from evennia.server.models import ServerConfig
+
+        return ServerConfig.objects.conf(key)
+    except Exception:
+        return None
+
+
+def store_value(key, value):
+    try:
+        from evennia.server.models import ServerConfig
+
+        ServerConfig.objects.conf(key, value)
+    except Exception as error:
+        log_error(f"could not store {key}: {error}")
 
 
 # ---------------------------------------------------------------- the server's own lifecycle

@@ -36,6 +36,7 @@ import orjson
 from . import FORMAT_VERSION, spill
 from .event import Builder, iso_time
 from .losses import LossTracker
+from .capture import CapturePolicy
 from .scrub import Scrubber
 from .sinkbase import SinkError, report
 
@@ -88,46 +89,6 @@ def serialize_parts(parts):
     return first[:-1] + b"," + rest
 
 
-class RecentRecords:
-    """The last records of each account, character and connection, kept in memory by the writer.
-
-    Bounded: `per_key` records for each of at most `max_keys` keys (the oldest keys go first).
-    The records are the scrubbed ones the sink gets, so showing them reveals no secret.
-    """
-
-    def __init__(self, per_key=200, max_keys=2000):
-        self.per_key = per_key
-        self.max_keys = max_keys
-        self._by_key = {}
-
-    def add(self, event):
-        for field in ("account", "character", "conn"):
-            key = event.get(field)
-            if key:
-                self._append((field, key), event)
-
-    def _append(self, key, event):
-        records = self._by_key.get(key)
-        if records is None:
-            if len(self._by_key) >= self.max_keys:
-                self._by_key.pop(next(iter(self._by_key)))  # the oldest key seen
-            records = self._by_key[key] = collections.deque(maxlen=self.per_key)
-        records.append(event)
-
-    def get(self, field, key, limit):
-        """The last `limit` records whose `field` ("account", "character", "conn") is `key`."""
-        records = list(self._by_key.get((field, key), ()))
-        return records[-limit:] if limit else records
-
-
-def _plain_objects(when, sparse):
-    """`objects` of a record that has no live objects (loss, error, spilled): same shape for callbacks."""
-    objects = {"time": datetime.datetime.fromtimestamp(when, datetime.timezone.utc)}
-    if not sparse:
-        objects.update(dict.fromkeys(_OBJECT_KEYS))
-    return objects
-
-
 class Pipeline:
     """Queue, writer thread and failure policy for one configuration.
 
@@ -157,10 +118,12 @@ class Pipeline:
         self.delivered = 0  # events (not loss records) the output took
         self.build_errors = 0
         self.observed_only = 0  # writer thread only: built for scrubbing state, not recorded
+        self.observer_errors = 0
         self.spilled = 0  # records written to a spill file at stop
         self.from_spill = 0  # records of earlier spill files delivered (or counted lost) here
         self.loss = LossTracker(lambda level, message: _log(level, message))
-        self.recent = RecentRecords()  # for the in-game `audit` command
+        self.policy = CapturePolicy(config)  # what is written (the service adds flagged accounts)
+        self.observers = []  # given every scrubbed event (`observe`), then `batch_done` (the watch feed)
         self._pending = collections.deque()  # (time, record, lost stated by it) not yet delivered
         self._pending_cap = self.capacity
         self._leftover = []  # built events a stop interrupted, in the writer's hands
@@ -340,24 +303,42 @@ class Pipeline:
                 _log("err", f"cannot remove the delivered spill file {path}: {error}")
 
     def _build(self, batch):
-        """[(time, event, serialised record or None)] for a batch of captured tuples."""
+        """[(time, event, serialised record or None)] for a batch of captured tuples.
+
+        Every event is built and scrubbed (scrubbing keeps state across records); the observers (the
+        live watch feed) see each scrubbed event; the capture policy decides which are written.
+        """
         events = []
         builder = self.builder
         build = builder.build
-        remember = self.recent.add
+        records = self.policy.records
+        observers = self.observers
         for item in batch:
             try:
                 event = build(item)
-                if event is None:  # observed for scrubbing, not recorded (AUDIT_IN / AUDIT_OUT)
+                if observers:
+                    self._observe(event)
+                if not records(item):  # observed for scrubbing (and watching), not recorded
                     self.observed_only += 1
                     continue
-                remember(event)
                 events.append((item[0], event, builder.last_parts))
             except Exception as error:
                 # No text: it could not be proven free of secrets. The record still says it happened.
                 self.build_errors += 1
                 events.append((item[0], self._error_record(item, error), None))
+        for observer in observers:
+            observer.batch_done()
         return events
+
+    def _observe(self, event):
+        """Hand a scrubbed event to the observers; one failing never costs the record."""
+        for observer in self.observers:
+            try:
+                observer.observe(event)
+            except Exception as error:
+                self.observer_errors += 1
+                if self.observer_errors == 1:
+                    _log("err", f"an audit observer failed ({type(error).__name__}: {error}); the trail is unaffected")
 
     def _error_record(self, item, error):
         if self.build_errors == 1:

@@ -19,12 +19,16 @@ decide what is written (see `event.Builder`).
 """
 
 import atexit
+import json
 import threading
 import time
 
+from . import capture as capture_policy
 from . import conf, hooks, lifecycle
 from .event import RCV, SND, capture
+from .event import _token as token
 from .registry import ConnectionRegistry
+from .watch import Watchers
 
 _SAVE_DELAY = 1.0  # seconds: connection changes are written to the state file at most this often
 CRASH_REASON = "server process ended without a clean stop (crash or kill -9)"
@@ -40,17 +44,22 @@ _SIGNALS = (
 
 
 class _Ghost:
-    """Stands in for the session of a connection the previous server process left open."""
+    """Stands in for a session in records no live session owns: a connection the previous server
+    process left open, or the server itself (settings records)."""
 
     logged_in = False
     account = puppet = None
 
-    def __init__(self, carried):
-        self.audit_conn = carried.conn
-        self.audit_seq = carried.seq
-        self.protocol_key = carried.protocol
-        self.address = carried.ip
-        self.sessid = carried.sessid
+    def __init__(self, conn, seq=0, protocol="", ip="", sessid=None):
+        self.audit_conn = conn
+        self.audit_seq = seq
+        self.protocol_key = protocol
+        self.address = ip
+        self.sessid = sessid
+
+    @classmethod
+    def of(cls, carried):
+        return cls(carried.conn, carried.seq, carried.protocol, carried.ip, carried.sessid)
 
 
 class AuditService:
@@ -73,6 +82,9 @@ class AuditService:
         self.executing = None  # the session whose input Evennia runs now (for signals naming none)
         self.shutdown_mode = None
         self.capture_errors = 0
+        self.watchers = Watchers()
+        self.pipeline.observers.append(self.watchers)
+        self.server_source = _Ghost(f"server-{self.registry.new_id()}", protocol="server")
         self.tap_in = self._make_tap(RCV)
         self.tap_out = self._make_tap(SND)
         self._stopped = False
@@ -87,6 +99,7 @@ class AuditService:
         problem = self.registry.load()
         if problem:
             hooks.log_error(problem)
+        self._load_flags()
         hooks.connect_signals(self._receivers())
         hooks.watch_shutdown(self._note_shutdown)
         self.pipeline.start()
@@ -95,6 +108,7 @@ class AuditService:
         # After the portal's sync handed back the sessions it kept: the rest were closed meanwhile.
         hooks.call_later(0, self.close_leftovers)
         c = self.config
+        self._record_settings_change()
         hooks.log_security(
             f"auditing online: input={c.audit_in} output={c.audit_out} sparse={c.allow_sparse} "
             f"callback={c.callback_path} log_dir={c.log_dir} masks={len(c.masks)} extra, "
@@ -194,6 +208,7 @@ class AuditService:
         if getattr(session, "audit_closed", False):
             return
         session.audit_closed = True
+        self._end_watches(session, account)
         if account is not None:
             self.record(session, "logout", who=(account, None))
         self.record(session, "disconnect", who=(account, None), reason=reason or "")
@@ -206,13 +221,25 @@ class AuditService:
                 account = session.account if session.logged_in else None
                 self.closing(session, account, reason)
 
+    def _end_watches(self, session, account):
+        """Either side of a watch logged out or left: that watch is over."""
+        if not self.watchers:
+            return
+        for target in self.watchers.stop(session):
+            self.record(session, "audit_view", mode="unwatch", target=target, reason="staff left")
+        if account is not None:
+            target = token(account)
+            for staff in self.watchers.end_target(target):
+                self.record(staff, "audit_view", mode="unwatch", target=target, reason="player left")
+                staff.msg(f"|w[watch]|n {render_name(target)} left; the watch is over.")
+
     def close_leftovers(self):
         """Connections the previous process had open that no session claimed: their disconnect."""
         for carried in self.registry.leftovers():
             self._close_ghost(carried, RELOAD_REASON if carried.clean else CRASH_REASON)
 
     def _close_ghost(self, carried, reason):
-        ghost = _Ghost(carried)
+        ghost = _Ghost.of(carried)
         if carried.account:
             self.record(ghost, "logout", account=carried.account)
         self.record(ghost, "disconnect", reason=reason, account=carried.account)
@@ -246,6 +273,66 @@ class AuditService:
     def _save(self, clean):
         scrub = self.pipeline.builder.export_states(self.clock())
         self._write_snapshot(self.registry.snapshot(hooks.open_sessions(), scrub, clean=clean))
+
+    # ---------------------------------------------------------------- what is recorded, watching
+
+    def _load_flags(self):
+        """Accounts flagged in game (an Attribute on the account) join AUDIT_FLAGGED's."""
+        try:
+            names = hooks.flagged_account_names(capture_policy.FLAG_ATTRIBUTE, capture_policy.FLAG_CATEGORY)
+        except Exception as error:  # no database (a tool): AUDIT_FLAGGED still applies
+            hooks.log_error(f"could not read the flagged accounts: {error}")
+            names = []
+        self.pipeline.policy = capture_policy.CapturePolicy(self.config, names)
+
+    def _record_settings_change(self):
+        """A `capture_change` record when what the settings record differs from the last start."""
+        now = capture_policy.describe_settings(self.config)
+        try:
+            before = json.loads(hooks.stored_value("audit_capture_settings") or "null")
+        except ValueError:
+            before = None
+        if before != now:
+            self.record(self.server_source, "capture_change", changed_by="settings", what="settings",
+                        **{"from": before, "to": now})
+            hooks.store_value("audit_capture_settings", json.dumps(now))
+
+    def flag(self, staff_session, account, on):
+        """Record `account` in full (or not) from now on, kept on the account. Returns False if unchanged."""
+        policy = self.pipeline.policy
+        was = policy.is_flagged(account)
+        if on:
+            account.attributes.add(capture_policy.FLAG_ATTRIBUTE, True, category=capture_policy.FLAG_CATEGORY)
+        else:
+            account.attributes.remove(capture_policy.FLAG_ATTRIBUTE, category=capture_policy.FLAG_CATEGORY)
+        if not on and account.key.lower() in self.config.flagged:
+            return False  # AUDIT_FLAGGED in the settings still flags it
+        policy.flag(account.key, on)
+        if was == on:
+            return False
+        level = self.config.capture
+        self.record(staff_session, "capture_change", what="flag", target=account,
+                    **{"from": "all" if was else level, "to": "all" if on else level})
+        return True
+
+    def watch(self, staff_session, target):
+        """`staff_session` watches `target` (an account or character) live. False if it already did."""
+        watched = token(target)
+        if not self.watchers.start(staff_session, watched):
+            return False
+        self.record(staff_session, "audit_view", mode="watch", target=watched)
+        if self.config.watch_notify:
+            target.msg("|wStaff are now watching your session.|n")
+        return True
+
+    def unwatch(self, staff_session, target=None):
+        """Stop watching `target` (everyone when None); the tokens no longer watched."""
+        stopped = self.watchers.stop(staff_session, token(target) if target is not None else None)
+        for watched in stopped:
+            self.record(staff_session, "audit_view", mode="unwatch", target=watched)
+            if self.config.watch_notify and target is not None:
+                target.msg("|wStaff stopped watching your session.|n")
+        return stopped
 
     # ---------------------------------------------------------------- signals
 
@@ -327,6 +414,10 @@ class DisabledService:
 
 def _inert(text):
     return str(text).replace("|", "||")
+
+
+def render_name(token):
+    return _inert(token)
 
 
 NOT_STARTED = "auditing has not started (it starts with the server)"

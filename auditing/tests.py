@@ -64,10 +64,7 @@ class AuditTestCase(TempTrailMixin, EvenniaTest):
         super().setUp()
         self.collector = Collector()
         self.override = override_settings(
-            AUDIT_CALLBACK=self.collector,
-            AUDIT_IN=True,
-            AUDIT_OUT=True,
-            **self.audit_settings,
+            **{"AUDIT_CALLBACK": self.collector, "AUDIT_IN": True, "AUDIT_OUT": True, **self.audit_settings}
         )
         self.override.enable()
         self.addCleanup(self.override.disable)
