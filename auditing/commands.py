@@ -235,13 +235,6 @@ class _Budget:
     def left(self):
         return max(self.deadline - self.clock(), 0.0)
 
-    def take(self, iterable):
-        for count, item in enumerate(iterable):
-            if count % 256 == 0 and self.clock() > self.deadline:
-                self.incomplete = True
-                return
-            yield item
-
     def note(self):
         return (f"\n|y(stopped after {READ_BUDGET:g} s: older records were not searched; "
                 f"evennia-audit reads everything)|n" if self.incomplete else "")
@@ -315,7 +308,9 @@ def look_sessions(directory, target, limit, budget):
         return f"No connections of {name} in the audit trail." + budget.note()
     first = min(r["time"] for r in owned if r["conn"] in conns)
     flt = trail.Filter(conn=conns, since=trail.parse_time(first[:10]))
-    found = trail.sessions(record for record, _line in budget.take(trail.Reader(directory, flt)))
+    reader = trail.Reader(directory, flt, deadline=budget.deadline)
+    found = trail.sessions(record for record, _line in reader)
+    budget.incomplete = budget.incomplete or reader.stopped
     rows = [render.session_row(entry) for entry in found]
     lines = [f"|wLast {len(found)} connection(s) of {name}|n:"]
     lines.extend(render.table([render.SESSION_HEADER] + rows, for_game))

@@ -813,6 +813,35 @@ class LogrotateNamesTests(unittest.TestCase):
         self.assertEqual(trail.list_files(self.dir)[0], [])
 
 
+class NewestTests(TrailFixture):
+    """`trail.newest`, what the in-game command reads: the last N, newest day first, bounded in time."""
+
+    def test_last_records_across_days_in_order(self):
+        records, complete = trail.newest(self.dir, trail.Filter(account="bob"), limit=35)
+        bob = self.expect(lambda e: e.get("account") == "bob#1" or e.get("tried_account") == "bob")
+        self.assertTrue(complete)
+        self.assertEqual(records, bob[-35:])  # day 27 has fewer: day 26 is read too
+        records, _complete = trail.newest(self.dir, trail.Filter(account="bob"), limit=3, keep=lambda r: "seq" in r)
+        self.assertEqual(records, [e for e in bob if "seq" in e][-3:])
+
+    def test_budget_never_leaves_a_gap(self):
+        calls = [0]
+
+        def clock():  # one second per look at the clock
+            calls[0] += 1
+            return calls[0]
+
+        day27 = self.days[27]
+        with mock.patch.object(trail, "CHUNK", 200):  # several blocks per file: checked between them
+            trail.newest(self.dir, trail.Filter(), limit=len(day27), budget=10**6, clock=clock)
+            looks_for_day27 = calls[0]
+            calls[0] = 0
+            records, complete = trail.newest(self.dir, trail.Filter(), limit=500, budget=looks_for_day27 + 0.5,
+                                             clock=clock)
+        self.assertFalse(complete)  # day 26 was cut short: none of it is shown, older days not read
+        self.assertEqual(records, day27)
+
+
 class ExitStatusTests(TrailFixture):
     """grep's statuses: 0 something matched, 1 nothing matched, 2 error or no audit file."""
 

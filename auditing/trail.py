@@ -590,13 +590,15 @@ class Reader:
             unreadable file (line_number None for a whole file).
         on_progress (callable): `on_progress(bytes_done, bytes_total)` after each block.
         select (callable): `select(trail_file)` -> read it? (e.g. one day, or no current file).
+        deadline (float): Stop reading when `clock()` passes it (checked after each block); `stopped`
+            then says the scan is incomplete.
 
     After iterating, `files` (read), `skipped` (outside the time range), `duplicates`, `lines`
     (lines parsed), `malformed`, `unreadable` and `bytes_total` describe the scan.
     """
 
     def __init__(self, directory, filter=None, also_kinds=(), prefilter=True, on_problem=None,
-                 on_progress=None, select=None):
+                 on_progress=None, select=None, deadline=None, clock=time.monotonic):
         self.directory = directory
         self.filter = filter if filter is not None else Filter()
         self.also_kinds = frozenset(also_kinds)
@@ -608,6 +610,8 @@ class Reader:
                       and (select is None or select(f))]
         self.skipped = [f for f in all_files if f not in self.files]
         self.all_files = all_files
+        self.deadline, self.clock = deadline, clock
+        self.stopped = False
         self.bytes_total = sum(f.size for f in self.files)
         self.lines = 0
         self.malformed = 0
@@ -650,6 +654,8 @@ class Reader:
         done = 0
         for trail_file in self.files:
             yield from self._read_file(trail_file, predicate, done)
+            if self.stopped:
+                return
             done += trail_file.size
             if self.on_progress:
                 self.on_progress(done, self.bytes_total)
@@ -694,6 +700,9 @@ class Reader:
                     base += yield from self._scan_lines(buf[:cut], base, groups, predicate, trail_file)
                 if self.on_progress:
                     self.on_progress(done_before + raw.tell(), self.bytes_total)
+                if self.deadline is not None and self.clock() > self.deadline:
+                    self.stopped = True
+                    return
             if tail:
                 # A last line without its newline: a crash or a write in progress cut it short.
                 if groups is None or _line_may_match(tail, groups):
@@ -826,7 +835,8 @@ def newest(directory, filter=None, limit=20, keep=None, budget=None, clock=time.
     newest first and stopping as soon as there are enough: what the in-game command needs.
 
     `budget` (seconds) bounds the scan; returns (records, complete) where `complete` is False when the
-    budget ran out before the oldest day was reached.
+    budget ran out before the oldest day was reached. The records returned are always the newest ones,
+    without a gap: a day the budget cut short is left out.
     """
     filter = filter if filter is not None else Filter()
     first, last = filter.day_range()
@@ -836,16 +846,15 @@ def newest(directory, filter=None, limit=20, keep=None, budget=None, clock=time.
     found = []
     for day in days:
         batch = collections.deque(maxlen=limit)
-        for count, (record, _line) in enumerate(Reader(directory, filter, select=lambda f, day=day: f.day == day)):
+        reader = Reader(directory, filter, select=lambda f, day=day: f.day == day, deadline=deadline, clock=clock)
+        for record, _line in reader:
             if keep is None or keep(record):
                 batch.append(record)
-            if deadline is not None and count % 256 == 0 and clock() > deadline:
-                return (list(batch) + found)[-limit:], False
+        if reader.stopped:
+            return found, False  # the day's newest part was not reached: show none of it, no gap
         found = list(batch) + found
         if len(found) >= limit:
             return found[-limit:], True
-        if deadline is not None and clock() > deadline:
-            return found, False
     return found, True
 
 
