@@ -20,6 +20,7 @@ import os
 import queue
 import random
 import shutil
+import socket
 import stat
 import subprocess
 import tempfile
@@ -589,6 +590,27 @@ class TestSyslogOutage(FaultCase):
 
     def test_tcp_receiver_down_nothing_lost_unsaid(self):
         self.outage("tcp")
+
+
+class TestSyslogUdpRefusal(unittest.TestCase):
+    """UDP to a port of this host where nothing listens: the kernel's ICMP error is read, not ignored."""
+
+    def closed_port(self):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            return probe.getsockname()[1]
+
+    def test_refused_datagrams_are_reported_undelivered(self):
+        from .syslog import SyslogSink
+
+        sink = SyslogSink(("127.0.0.1", self.closed_port()), "udp")
+        self.addCleanup(sink.close)
+        for count in (1, 3, 50):
+            with self.subTest(count=count), self.assertRaises(SinkError) as caught:
+                sink.write([b'{"n":%d}' % n for n in range(count)])
+            self.assertEqual(caught.exception.delivered, 0)
+            self.assertIn("refused", caught.exception.cause)
+        self.assertIn("unknowable", sink.limits)
 
 
 class TestSyslogDefaults(unittest.TestCase):
