@@ -267,7 +267,8 @@ class Pipeline:
         self._recovered = True
         now = self.clock()
         for count, first, last, cause in _sink_losses(self.sink):
-            self.loss.trouble("output", now, f"audit output {self.config.callback_path}: {cause}")
+            self.loss.trouble("crash", now, f"audit output {self.config.callback_path}: {cause}",
+                              level="warn")
             self.loss.add(count, first, last, cause)
         for path in spill.find(self.config.log_dir):
             try:
