@@ -313,8 +313,7 @@ class Builder:
                 text_options, labels = self.scrubber.data(text_options, self.scrubber.command)
                 masked.extend(label for label in labels if label not in masked)
             else:
-                text_options, labels = self.scrubber.data(text_options, _unchanged)
-                masked.extend(label for label in labels if label not in masked)
+                text_options = self.scrubber.options(text_options, masked)
             if sparse_mode:
                 text_options = sparse(text_options)
             if text_options:
@@ -460,11 +459,6 @@ class Builder:
             if prompt_text:
                 state.armed_by = scrubber.is_password_prompt(prompt_text) or state.armed_by
         return text, masked
-
-
-def _unchanged(text):
-    """The game's own option values are not scrubbed as text (only secret-named keys are)."""
-    return text, None
 
 
 # Output types that carry what a player wrote (Evennia's `at_say` types, `msg_type` of poses and

@@ -346,6 +346,13 @@ class TestOobKeys(SecretTestCase):
                 self.session.data_in(other=([], {"deep": {"deeper": {name: [secret, secret]}}}))
                 self.assertNoSecret([secret], self.records())
 
+    def test_text_options_of_output(self):
+        self.session.data_out(text=("hi", {"type": "look", "pwd": "opt-Secret-1"}))
+        self.session.data_out(text=("hi", {"type": "look", "meta": {"x": [{"apiKey": "opt-Secret-2"}]}}))
+        records = self.records()
+        self.assertNoSecret(["opt-Secret-1", "opt-Secret-2"], records)
+        self.assertEqual(records[0]["data"]["text_options"], {"type": "look", "pwd": MASK})
+
     def test_ordinary_names_stay(self):
         for name in ("spinner", "passenger", "author", "typing", "page"):
             self.assertFalse(is_secret_key(name), name)
