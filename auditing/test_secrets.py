@@ -515,6 +515,8 @@ else:
         ]),
     )
 
+    GENERATED = ("v", "time", "seq", "conn", "bytes", "pid")
+
     def _nest(secret_key, secret, depth, in_list):
         value = {secret_key: secret}
         for level in range(depth):
@@ -545,7 +547,9 @@ else:
 
         def check(self, secret, events):
             for event in events:
-                dumped = dumps(event)
+                # Fields the package generates (clock, counters, ids) cannot carry a player's
+                # text; left out so that a secret such as "0000" does not match a timestamp.
+                dumped = dumps({k: v for k, v in event.items() if k not in GENERATED})
                 self.assertFalse(contains(dumped, secret), f"secret {secret!r} in {dumped}")
 
         def distinct(self, secret, *context):
