@@ -66,7 +66,7 @@ def capture(session, direction, kwargs, kind="io", now=time.time, who=None):
     else:
         account = puppet = room = None
     snapshot = _snapshot(kwargs)
-    if direction == SND:
+    if direction == SND and _may_matter(kwargs.get("text"), account is not None):
         try:
             asking = _asking(session, account, puppet)
         except Exception:  # an object half deleted: the record matters more than who asked
@@ -82,6 +82,22 @@ def capture(session, direction, kwargs, kind="io", now=time.time, who=None):
 # of the captured kwargs, taken out by `Builder.build` before anything is recorded.
 ASKING = "\x00asking"
 ASKING_ONLY = "asking"  # game code waits for an answer; its wording decides if that is secret
+
+
+def _may_matter(text, logged_in):
+    """Can who is asking change how this output is scrubbed? Keeps `_asking`'s lookups (a few µs)
+    off the common output: only menu text (a secret node's question) and, after login, untyped
+    text that ends like a question (see `event._may_be_prompt`) need them."""
+    options = None
+    if type(text) in (tuple, list) and len(text) == 2 and type(text[1]) is dict:
+        text, options = text
+    kind = options.get("type") if options else None
+    if kind == "menu":
+        return True
+    if kind is not None or not logged_in or type(text) is not str:
+        return False
+    tail = text[-40:]
+    return ":" in tail or "?" in tail or ">" in tail
 
 
 def _asking(session, account, puppet):
@@ -281,8 +297,7 @@ class Builder:
                 text_options, labels = self.scrubber.data(text_options, self.scrubber.command)
                 masked.extend(label for label in labels if label not in masked)
             else:
-                text_options, labels = self.scrubber.data(text_options, _unchanged)
-                masked.extend(label for label in labels if label not in masked)
+                text_options = self.scrubber.options(text_options, masked)
             if sparse_mode:
                 text_options = sparse(text_options)
             if text_options:
@@ -428,11 +443,6 @@ class Builder:
             if prompt_text:
                 state.armed_by = scrubber.is_password_prompt(prompt_text) or state.armed_by
         return text, masked
-
-
-def _unchanged(text):
-    """The game's own option values are not scrubbed as text (only secret-named keys are)."""
-    return text, None
 
 
 # Output types that carry what a player wrote (Evennia's `at_say` types, `msg_type` of poses and

@@ -309,6 +309,17 @@ class Scrubber:
 
     # ---------------------------------------------------------------- data
 
+    def options(self, options, labels):
+        """The game's own options of an output text (`{"type": "say"}`): values under secret-named
+        keys are masked, at any depth; the values are not scrubbed as text."""
+        if not any(is_secret_key(key) for key in options) and all(
+            type(value) in _SCALARS for value in options.values()
+        ):
+            return options  # the common case, without a copy
+        cleaned, found = self.data(options, _unchanged)
+        labels.extend(label for label in found if label not in labels)
+        return cleaned
+
     def data(self, value, scrub_text, depth=0, secrets=None):
         """Scrub OOB command arguments and options: secret-named keys, and every string."""
         labels = []
@@ -343,6 +354,13 @@ class Scrubber:
         if secrets is not None:
             secrets.extend(found)
         return cleaned, labels
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _unchanged(text):
+    return text, None
 
 
 def strings_of(value):
