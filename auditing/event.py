@@ -249,14 +249,6 @@ class Builder:
     def forget(self, conn):
         self.states.pop(conn, None)
 
-    def export_states(self, now):
-        """What carries over a reload for each connection's scrubbing (no secret in clear)."""
-        return {conn: state.export(now) for conn, state in self.states.items()}
-
-    def restore(self, conn, exported, now):
-        """Take back `export_states()[conn]` from the previous server process."""
-        self.state(conn).load(exported, now)
-
     def build(self, captured):
         """The event dict for one captured tuple (see `capture`)."""
         when, kind, direction, session, conn, seq, account, puppet, room, kwargs = captured

@@ -41,11 +41,13 @@ def origin_key(session):
 class Carried:
     """What a previous server process knew about one open connection."""
 
-    __slots__ = ("conn", "seq", "scrub", "account", "ip", "protocol", "sessid", "clean")
+    __slots__ = ("conn", "seq", "scrub", "account", "ip", "protocol", "sessid", "watching", "clean")
 
-    def __init__(self, conn, seq, scrub=None, account="", ip="", protocol="", sessid=None, clean=True):
+    def __init__(self, conn, seq, scrub=None, account="", ip="", protocol="", sessid=None, watching=(),
+                 clean=True):
         self.conn, self.seq, self.scrub = str(conn), int(seq), scrub
         self.account, self.ip, self.protocol, self.sessid = account, ip, protocol, sessid
+        self.watching = [str(token) for token in watching or ()]
         self.clean = clean
 
 
@@ -92,9 +94,14 @@ class ConnectionRegistry:
 
     # ---------------------------------------------------------------- the state file
 
-    def snapshot(self, sessions, scrub_states=None, clean=False):
-        """A JSON-able picture of the open connections (cheap: game thread)."""
+    def snapshot(self, sessions, scrub_states=None, watching=None, clean=False):
+        """A JSON-able picture of the open connections (cheap: game thread).
+
+        `scrub_states` and `watching` map connection ids to their scrubbing state (keyed digests, no
+        secret in clear) and to the players a staff connection watches; both are saved at a reload.
+        """
         scrub_states = scrub_states or {}
+        watching = watching or {}
         connections = {}
         for session in sessions:
             conn = getattr(session, "audit_conn", None)
@@ -112,6 +119,7 @@ class ConnectionRegistry:
                 "ip": str(address or ""),
                 "protocol": getattr(session, "protocol_key", ""),
                 "sessid": getattr(session, "sessid", None),
+                "watching": watching.get(conn) or [],
             }
         self._generation += 1
         return self._generation, {"saved": self.clock(), "clean": clean, "connections": connections}
@@ -182,6 +190,7 @@ class ConnectionRegistry:
                     entry.get("ip", ""),
                     entry.get("protocol", ""),
                     entry.get("sessid"),
+                    entry.get("watching"),
                     clean=self.previous_clean,
                 )
         except Exception as error:  # hand-edited or cut: connections get new ids, nothing worse

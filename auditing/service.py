@@ -188,7 +188,9 @@ class AuditService:
         if carried is not None and carried.clean:
             session.audit_conn, session.audit_seq = carried.conn, carried.seq
             if carried.scrub:
-                self.pipeline.builder.restore(carried.conn, carried.scrub, self.clock())
+                self.pipeline.builder.import_state(carried.conn, carried.scrub, self.clock())
+            for watched in carried.watching:  # a watch goes on across a reload
+                self.watchers.start(session, watched)
             return
         self.registry.assign(session)
         if carried is not None:
@@ -271,8 +273,12 @@ class AuditService:
             hooks.log_error(problem)
 
     def _save(self, clean):
-        scrub = self.pipeline.builder.export_states(self.clock())
-        self._write_snapshot(self.registry.snapshot(hooks.open_sessions(), scrub, clean=clean))
+        builder, now = self.pipeline.builder, self.clock()
+        scrub = {conn: builder.export_state(conn, now) for conn in list(builder.states)}
+        sessions = hooks.open_sessions()
+        watching = {session.audit_conn: self.watchers.watching(session) for session in sessions
+                    if getattr(session, "audit_conn", None)}
+        self._write_snapshot(self.registry.snapshot(sessions, scrub, watching, clean=clean))
 
     # ---------------------------------------------------------------- what is recorded, watching
 
