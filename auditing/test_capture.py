@@ -156,6 +156,16 @@ class TestWatch(CaptureTestCase):
         self.flush()
         self.assertEqual({session for session, _ in self.feed}, {other_staff})
 
+    def test_staff_from_one_address_are_told_apart(self):
+        other_staff = self.new_unauthenticated_session(sessid=9)
+        other_staff.address = self.session.address  # Evennia's sessions compare equal by address
+        self.assertEqual(other_staff, self.session)
+        self.live.watch(self.session, self.account2)
+        self.assertTrue(self.live.watch(other_staff, self.account2))
+        self.live.closing(other_staff, None, "quit")  # one of them leaves
+        self.assertEqual(self.live.watchers.watching(self.session), [f"{self.account2.key}#{self.account2.id}"])
+        self.assertEqual(self.live.watchers.watching(other_staff), [])
+
     def test_the_feed_is_never_fed_again(self):
         self.live.watch(self.session, self.account2)
         self.live.watch(self.player, self.account)  # two staff watching each other
@@ -174,6 +184,24 @@ class TestWatch(CaptureTestCase):
         self.assertEqual(self.live.watchers.watching(self.session), [])
         views = [(e["mode"], e.get("reason")) for e in self.kind("audit_view")]
         self.assertEqual(views[-1], ("unwatch", "player left"))
+
+
+class TestWatchAcrossAReload(CaptureTestCase):
+    def test_a_watch_goes_on_after_a_reload(self):
+        from .registry import STATE_FILE
+
+        live = service.current()
+        live.watch(self.session, self.account2)
+        live.stop()  # a reload: the open connections are saved, watches with them
+        with open(f"{self.trail_dir}/{STATE_FILE}") as handle:
+            self.assertIn(f"{self.account2.key}#{self.account2.id}", handle.read())
+        following = service.start()
+        data = self.session.get_sync_data()
+        rebuilt = type(self.session)()
+        rebuilt.load_sync_data(data)
+        rebuilt.sessionhandler = evennia.SESSION_HANDLER
+        following.opened(rebuilt)
+        self.assertEqual(following.watchers.watching(rebuilt), [f"{self.account2.key}#{self.account2.id}"])
 
 
 class TestWatchNotify(CaptureTestCase):

@@ -15,7 +15,9 @@ from . import hooks, render
 
 
 class Watchers:
-    """Who watches whom. Targets are "name#dbref" tokens of an account or a character.
+    """Who watches whom. Targets are "name#dbref" tokens of an account or a character; watchers are
+    staff sessions, known by their connection id (Evennia's sessions compare equal by address, so
+    two sessions from one IP would be one member of a set).
 
     Args:
         deliver (callable): `deliver(session, text)` on the game thread (tests pass their own).
@@ -23,8 +25,8 @@ class Watchers:
 
     def __init__(self, deliver=None):
         self._lock = threading.Lock()
-        self._by_target = {}  # token -> set of staff sessions
-        self._pending = {}  # staff session -> lines of the current writer batch
+        self._by_target = {}  # token -> {staff connection id: staff session}
+        self._pending = {}  # staff connection id -> (session, lines of the current writer batch)
         self._deliver = deliver or _message
 
     def __bool__(self):
@@ -33,10 +35,10 @@ class Watchers:
     def start(self, staff, target):
         """`staff` (a session) watches `target`; False if it already did."""
         with self._lock:
-            sessions = self._by_target.setdefault(target, set())
-            if staff in sessions:
+            sessions = self._by_target.setdefault(target, {})
+            if staff.audit_conn in sessions:
                 return False
-            sessions.add(staff)
+            sessions[staff.audit_conn] = staff
             return True
 
     def stop(self, staff, target=None):
@@ -44,8 +46,8 @@ class Watchers:
         stopped = []
         with self._lock:
             for token, sessions in list(self._by_target.items()):
-                if (target is None or token == target) and staff in sessions:
-                    sessions.discard(staff)
+                if (target is None or token == target) and staff.audit_conn in sessions:
+                    del sessions[staff.audit_conn]
                     stopped.append(token)
                 if not sessions:
                     del self._by_target[token]
@@ -54,11 +56,11 @@ class Watchers:
     def end_target(self, target):
         """The watched player left: the staff who watched them (their watch is over)."""
         with self._lock:
-            return list(self._by_target.pop(target, ()))
+            return list(self._by_target.pop(target, {}).values())
 
     def watching(self, staff):
         with self._lock:
-            return sorted(token for token, sessions in self._by_target.items() if staff in sessions)
+            return sorted(token for token, sessions in self._by_target.items() if staff.audit_conn in sessions)
 
     def observe(self, event):
         """Pipeline observer (writer thread): queue the event's line for whoever watches its player."""
@@ -66,15 +68,15 @@ class Watchers:
             return
         tokens = (event.get("account"), event.get("character"))
         with self._lock:
-            staff = set()
+            staff = {}
             for token in tokens:
                 if token:
-                    staff |= self._by_target.get(token, set())
+                    staff.update(self._by_target.get(token, {}))
         if staff:
             line = f"|w[watch {render.for_game(tokens[0] or tokens[1] or '?', one_line=True)}]|n " + render.game_line(event)
             with self._lock:
-                for session in staff:
-                    self._pending.setdefault(session, []).append(line)
+                for conn, session in staff.items():
+                    self._pending.setdefault(conn, (session, []))[1].append(line)
 
     def batch_done(self):
         """Pipeline hook after each batch (writer thread): one message per staff member."""
@@ -82,7 +84,7 @@ class Watchers:
             return
         with self._lock:
             pending, self._pending = self._pending, {}
-        for session, lines in pending.items():
+        for session, lines in pending.values():
             hooks.on_game_thread(self._deliver, session, "\n".join(lines))
 
 
