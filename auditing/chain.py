@@ -332,6 +332,7 @@ class ChainingSink(Sink):
         self.clock = clock
         self._inner_takes_times = "times" in inspect.signature(inner.write).parameters
         self._started = False
+        self._closed = False
         self._head = ZERO_HEAD
         self._seq = 0
         self._key = None
@@ -435,7 +436,9 @@ class ChainingSink(Sink):
                 raise SinkError(error.cause, 0, 0) from None
             raise SinkError(error.cause, error.delivered - own, error.rejected) from None
         del self._own[:own]
-        self._seal_if_due(now)
+        # After close (events written on the caller's thread once the writer stopped), the trail must
+        # still end with a final seal, or the next start would take the stop for a crash.
+        self._seal_if_due(now, final=self._closed and own < len(records))
 
     def _deliver(self, records, times):
         """Chain and write; on SinkError the head advances over the delivered records only."""
@@ -540,6 +543,7 @@ class ChainingSink(Sink):
 
     def close(self):
         """Seal what is unsealed, record a clean stop, close the inner sink."""
+        self._closed = True
         try:
             now = self.clock()
             if self._started and self._deliver_own():

@@ -20,7 +20,8 @@ from evennia.utils.test_resources import EvenniaTest
 
 from auditing import FORMAT_VERSION, conf
 from auditing.chain import (
-    STATE_NAME, ChainingSink, SealKey, chain_value, chained_line, derive, evolve, seal_mac, split_chained,
+    STATE_NAME, ChainingSink, SealKey, chain_value, chained_line, derive, evolve, key_id, seal_mac,
+    split_chained,
 )
 from auditing.cli import main
 from auditing.event import RCV, capture, iso_time
@@ -185,6 +186,15 @@ class TestCleanTrail(TrailTest):
         self.assertEqual(set(os.listdir(self.dir)), {f"audit_{day}.log" for day in ("2026-11-18", "2026-11-19", "2026-11-20")})
         self.assertFalse(os.path.exists(self.key_path))
 
+    def test_exit_status_2_for_no_trail_or_a_bad_key(self):
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            self.assertEqual(main(["verify", os.path.join(self.root, "nothing")]), 2)
+            self.assertEqual(main(["verify", "--key", "not-hex", self.root]), 2)
+            self.keygen()
+            self.assertEqual(main(["keygen", "--key-file", self.key_path]), 2)  # never replaced silently
+        self.assertIn("no such file or directory", err.getvalue())
+        self.assertEqual(SealKey.load(self.key_path).key_id, key_id(self.key))
+
     def test_key_file_evolves_and_old_key_is_gone(self):
         self.keygen()
         sink = self.sink()
@@ -198,6 +208,20 @@ class TestCleanTrail(TrailTest):
             stored = handle.read()
         for epoch in range(current.epoch):
             self.assertNotIn(derive(self.key, epoch).hex().encode(), stored)
+
+    def test_records_written_after_close_still_end_with_a_final_seal(self):
+        self.keygen()
+        sink = self.sink()
+        self.write(sink, 5)
+        sink.close()
+        self.write(sink, 2)  # the pipeline writes late events on the caller's thread after stop
+        last = orjson.loads(self.lines(self.files()[-1])[-1])
+        self.assertEqual((last["kind"], last.get("final")), ("seal", True))
+        sink = self.sink()  # the next start: a clean stop, no chain_start
+        self.write(sink, 2)
+        sink.close()
+        report = self.verify(0)
+        self.assertEqual((report["problems"], report["notes"]), ([], []))
 
     def test_refused_records_are_chained_again_from_the_right_head(self):
         self.keygen()
@@ -497,6 +521,8 @@ class TestRealGame(unittest.TestCase):
         self.assertEqual(report["problems"], [], report["notes"])
         self.assertTrue(report["notes"])
         self.assertEqual({note["kind"] for note in report["notes"]}, {"crash"})  # the kill -9, nothing else
+        restarts = [note for note in report["notes"] if note["detail"].startswith("the writer")]
+        self.assertEqual(len(restarts), 1, report["notes"])  # the reload and the stops were clean
         self.assertGreaterEqual(report["seals"], 3)
         self.assertEqual(report["unsealed_records"], 0)  # the last stop sealed everything
         self.assertEqual(SealKey.load(key_file).epoch, report["seals"])

@@ -327,17 +327,18 @@ class Verifier:
     def _gap(self, first, last, before, after, seals):
         count = last - first + 1
         span = f"chain_seq {first}..{last}" if count > 1 else f"chain_seq {first}"
+        records = f"{count} records" if count > 1 else "1 record"
         if before is not None and after is not None and before[0] is not after[0]:
             removed = self._files_between(before[0], after[0])
             if removed:
-                self._problem("file_removed", after, f"{count} records ({span}) missing: "
+                self._problem("file_removed", after, f"{records} ({span}) missing: "
                               f"file(s) {', '.join(removed)} removed", seals, missing=count)
             else:
-                self._problem("truncated", after, f"{count} records ({span}) missing at the end of "
+                self._problem("truncated", after, f"{records} ({span}) missing at the end of "
                               f"{before[0].name} (after line {before[1]}): the file was truncated", seals,
                               missing=count)
         else:
-            self._problem("deleted", after, f"{count} records ({span}) were deleted before this line",
+            self._problem("deleted", after, f"{records} ({span}) deleted before this line",
                           seals, missing=count)
 
     @staticmethod
