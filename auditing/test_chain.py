@@ -264,6 +264,21 @@ class TestCrash(TrailTest):
         self.assertIn(("crash", cut_line), crashes)  # the cut record
         self.assertIn(("crash", cut_line + 1), crashes)  # the chain_start that states the head
 
+    def test_kill_9_just_before_midnight_and_restart_the_next_day(self):
+        self.keygen()
+        sink = self.sink()
+        self.write(sink, 10)
+        name = self.files()[-1]
+        self.cut_write(name)  # the last line of that day's file stays cut
+        self.clock.now += DAY
+        sink = self.sink()
+        self.write(sink, 10)
+        sink.close()
+        report = self.verify(0)
+        self.assertEqual(report["problems"], [])
+        self.assertEqual([(n["kind"], n["file"]) for n in report["notes"]],
+                         [("crash", name), ("crash", self.files()[-1])])
+
     def test_kill_9_between_writes_resumes_the_chain(self):
         self.keygen()
         sink = self.sink()

@@ -56,7 +56,7 @@ class Verifier:
         self.known = collections.OrderedDict()  # seq -> (chain, position)
         self.missing = []  # [first seq, last seq, position before, position after, seals seen]
         self.waiting = {}  # seq -> (body, chain, position): records whose predecessor is missing
-        self.malformed = []  # (position, line) not yet explained
+        self.malformed = []  # [position, line, at the end of its file] not yet explained
         self.last_position = None
         self.last_epoch = None
         self.derived = None  # (epoch, key) cache
@@ -90,36 +90,31 @@ class Verifier:
     # ------------------------------------------------------------ the scan
 
     def run(self):
-        last_index = len(self.files) - 1
-        for index, trail_file in enumerate(self.files):
+        for trail_file in self.files:
             try:
-                self._scan_file(trail_file, is_last=index == last_index)
+                self._scan_file(trail_file)
             except OSError as error:
                 self._problem("unparseable", (trail_file, None, None, None),
                               f"cannot read the file: {error.strerror or error}")
         self._finish()
         return self._report()
 
-    def _scan_file(self, trail_file, is_last):
+    def _scan_file(self, trail_file):
         from .chain import read_lines
 
         number = 0
         try:
             for number, line in enumerate(read_lines(trail_file.path, trail_file.compressed), 1):
-                self._line(trail_file, number, line, is_last)
+                self._line(trail_file, number, line)
         except (EOFError, OSError, zlib.error) as error:
             if isinstance(error, FileNotFoundError):
                 raise
             self._problem("truncated", (trail_file, number + 1, None, None),
                           f"the compressed file ends early or is damaged ({error})")
         if self.malformed and self.malformed[-1][0][0] is trail_file and not self._last_line_ok:
-            position, _line = self.malformed.pop()
-            if is_last:
-                self._note("crash", position, "the last line is cut: a crash or a write in progress")
-            else:
-                self._problem("truncated", position, "the file ends inside a record: it was cut short")
+            self.malformed[-1][2] = True  # what follows (a chain_start after a crash?) will tell
 
-    def _line(self, trail_file, number, line, is_last):
+    def _line(self, trail_file, number, line):
         complete = line.endswith(b"\n")
         line = line[:-1] if complete else line
         self._last_line_ok = True
@@ -132,7 +127,7 @@ class Verifier:
         position = (trail_file, number, None, None)
         if type(record) is not dict:
             self._last_line_ok = False
-            self.malformed.append((position, line))
+            self.malformed.append([position, line, False])
             return
         self.records += 1
         when = record.get("time")
@@ -153,12 +148,15 @@ class Verifier:
 
     def _explain_malformed(self, position, line, record):
         """Lines that were not JSON, explained by what follows them (or reported as tampering)."""
-        for bad_position, bad_line in self.malformed:
-            if record.get("kind") == "chain_start" and record.get("cut_line"):
+        restarted = record.get("kind") == "chain_start" and record.get("cut_line") is True
+        for index, (bad_position, bad_line, at_file_end) in enumerate(self.malformed):
+            if restarted and index == len(self.malformed) - 1:
                 self._note("crash", bad_position, "a record cut by a crash; the writer restarted after it")
             elif line.startswith(bad_line):
                 self._note("interrupted_write", bad_position,
                            "a write cut short by an error (disk full?); the record follows whole")
+            elif at_file_end:
+                self._problem("truncated", bad_position, "the file ends inside a record: it was cut short")
             else:
                 self._problem("unparseable", bad_position, "a line that is not a JSON record (edited?)")
         self.malformed = []
@@ -307,8 +305,14 @@ class Verifier:
     # ------------------------------------------------------------ the end
 
     def _finish(self):
-        for position, _line in self.malformed:
-            self._problem("unparseable", position, "a line that is not a JSON record (edited?)")
+        last_file = self.files[-1] if self.files else None
+        for position, _line, at_file_end in self.malformed:
+            if at_file_end and position[0] is last_file:
+                self._note("crash", position, "the last line is cut: a crash or a write in progress")
+            elif at_file_end:
+                self._problem("truncated", position, "the file ends inside a record: it was cut short")
+            else:
+                self._problem("unparseable", position, "a line that is not a JSON record (edited?)")
         self._start_of_trail()
         for gap in sorted(self.missing, key=lambda gap: gap[0]):
             self._gap(*gap)
