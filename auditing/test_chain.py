@@ -186,6 +186,19 @@ class TestCleanTrail(TrailTest):
         self.assertEqual(set(os.listdir(self.dir)), {f"audit_{day}.log" for day in ("2026-11-18", "2026-11-19", "2026-11-20")})
         self.assertFalse(os.path.exists(self.key_path))
 
+    def test_a_key_file_that_is_a_symlink_is_refused(self):
+        self.keygen()
+        elsewhere = os.path.join(self.root, "elsewhere.key")
+        os.rename(self.key_path, elsewhere)
+        os.symlink(elsewhere, self.key_path)
+        with self.assertRaises(OSError):
+            SealKey.load(self.key_path)
+        sink = self.sink()
+        self.write(sink, 3)
+        sink.close()  # chained, not sealed, and the file it points to is left alone
+        self.assertEqual(verify(self.dir, self.key)["seals"], 0)
+        self.assertEqual(SealKey.load(elsewhere).epoch, 0)
+
     def test_exit_status_2_for_no_trail_or_a_bad_key(self):
         with contextlib.redirect_stderr(io.StringIO()) as err:
             self.assertEqual(main(["verify", os.path.join(self.root, "nothing")]), 2)

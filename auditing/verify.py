@@ -16,6 +16,7 @@ failures), 1 tampering found, 2 usage error or no trail.
 """
 
 import collections
+import datetime
 import hmac
 import os
 import sys
@@ -24,8 +25,7 @@ import zlib
 import orjson
 
 from .chain import (
-    ZERO_HEAD, SealKey, chain_value, evolve, key_id, seal_mac,
-    split_chained,
+    ZERO_HEAD, SealKey, chain_value, evolve, key_id, read_lines, seal_mac, split_chained,
 )
 from .trail import TrailError, TrailFile, list_files
 
@@ -100,8 +100,6 @@ class Verifier:
         return self._report()
 
     def _scan_file(self, trail_file):
-        from .chain import read_lines
-
         number = 0
         try:
             for number, line in enumerate(read_lines(trail_file.path, trail_file.compressed), 1):
@@ -348,8 +346,6 @@ class Verifier:
     @staticmethod
     def _files_between(earlier, later):
         """Names of trail files that should lie between two files but do not exist."""
-        import datetime
-
         if earlier.day is None or later.day is None:
             return []
         names = []
