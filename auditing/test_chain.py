@@ -382,6 +382,23 @@ class TestTampering(TrailTest):
 
         check()
 
+    def test_resent_copies_are_not_tampering(self):
+        """Syslog over TCP resends what it could not confirm: the copies replay the records before them."""
+        name = self.names[1]
+        lines = self.lines(name)
+        lines[12:12] = lines[8:12]
+        self.rewrite(name, lines)
+        report = self.verify(0)
+        self.assertEqual([(n["kind"], n["line"]) for n in report["notes"]], [("resent", 13)])
+
+    def test_copies_that_are_no_replay_are_inserted(self):
+        name = self.names[1]
+        lines = self.lines(name)
+        lines[12:12] = lines[8:11]  # stops short of the record just before: not what a resend does
+        self.rewrite(name, lines)
+        report = self.verify(1)
+        self.assertEqual(self.tampering(report), [("inserted", name, 13)])
+
     def test_reordered_records(self):
         name = self.names[1]
         lines = self.lines(name)

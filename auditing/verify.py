@@ -65,6 +65,7 @@ class Verifier:
         self.unchained = 0
         self.retention_through = None
         self.retention_files = []
+        self.replay = None  # ((first seq, position), next seq) of resent copies being read
         self.last_seq = None
         self.sealed_seq = None
         self._last_line_ok = True
@@ -166,6 +167,9 @@ class Verifier:
         previous_head = self.head
         if kind == "chain_start":
             previous_head = self._restart(record, seq, position)
+        elif self.head is not None and (self.replay is not None or seq < self.expected) and \
+                self._resent(body, seq, chain, position):
+            return
         elif self.head is None:
             self.first = (seq, position)
             if seq == 1:
@@ -185,6 +189,36 @@ class Verifier:
         self.head, self.expected, self.last_seq = chain, seq + 1, seq
         self._remember(seq, chain, position)
         self._kind(record, seq, previous_head, position)
+
+    def _resent(self, body, seq, chain, position):
+        """True for a copy a sink resent (syslog over TCP after a reconnect delivers at least once).
+
+        Resent copies repeat, in order, the records just before them, up to the last one, with the
+        same chain values; anything else that repeats a `chain_seq` was inserted.
+        """
+        earlier = self.known.get(seq)
+        same = earlier is not None and earlier[0] == chain and seq < self.expected
+        if self.replay is not None:
+            start, next_seq = self.replay
+            self.replay = None
+            if same and seq == next_seq:
+                self.replay = (start, seq + 1)
+            else:
+                self._problem("inserted", start[1], f"chain_seq {start[0]} appears a second time "
+                              f"(also at {self.known[start[0]][1][0].name}:{self.known[start[0]][1][1]}): "
+                              "a record was inserted or copied")
+        if same and self.replay is None:
+            self.replay = ((seq, position), seq + 1)
+        if self.replay is None:
+            return False
+        before = self.known.get(seq - 1)
+        if before is not None and chain_value(before[0], seq, body) != chain:
+            self._problem("modified", position, "the record does not match its chain value: it was edited")
+        if seq == self.expected - 1:
+            (first, first_position), self.replay = self.replay[0], None
+            self._note("resent", first_position, f"chain_seq {first}..{seq} written again, in order "
+                       "(a sink resent them after a reconnect)")
+        return True
 
     def _remember(self, seq, chain, position):
         self.known[seq] = (chain, position)
@@ -303,6 +337,10 @@ class Verifier:
     # ------------------------------------------------------------ the end
 
     def _finish(self):
+        if self.replay is not None:
+            (first, position), _next = self.replay
+            self._problem("inserted", position, f"chain_seq {first} appears a second time: a record was "
+                          "inserted or copied")
         last_file = self.files[-1] if self.files else None
         for position, _line, at_file_end in self.malformed:
             if at_file_end and position[0] is last_file:
