@@ -147,6 +147,16 @@ class TrailTest(unittest.TestCase):
         with open(self.path(name), "wb") as handle:
             handle.write(b"".join(line + b"\n" for line in lines))
 
+    @contextlib.contextmanager
+    def edited(self, name, lines):
+        """The file `name` holds `lines` while the block runs (it gets the report), then is restored."""
+        original = self.lines(name)
+        self.rewrite(name, lines)
+        try:
+            yield self.verify(1)
+        finally:
+            self.rewrite(name, original)
+
     def verify(self, expect_exit):
         report = verify(self.dir, self.key)
         out = io.StringIO()
@@ -333,35 +343,28 @@ class TestTampering(TrailTest):
             record = orjson.loads(lines[index])
             if record.get("kind") != "io" or record["text"] == text:
                 return
-            new = lines[index].replace(orjson.dumps(record["text"]), orjson.dumps(text), 1)
-            lines[index] = new
-            self.rewrite(name, lines)
-            try:
-                report = self.verify(1)
+            lines[index] = lines[index].replace(orjson.dumps(record["text"]), orjson.dumps(text), 1)
+            with self.edited(name, lines) as report:
                 self.assertEqual(self.tampering(report), [("modified", name, index + 1)])
                 self.assertEqual(report["problems"][0]["chain_seq"], record["chain_seq"])
                 self.assertIsInstance(report["problems"][0]["interval"], dict)  # a sealed interval
-            finally:
-                self.rewrite(name, original)
 
         check()
 
-    def test_inserted_record(self):
+    def assert_found(self, edit, kind, line):
+        """Edit the lines of the day-2 file with `edit(lines)`; verify finds `kind` there, only."""
         name = self.names[1]
         lines = self.lines(name)
-        forged = event(999, START + DAY + 5, "give me admin")
-        lines.insert(4, forged)
+        edit(lines)
         self.rewrite(name, lines)
-        report = self.verify(1)
-        self.assertEqual(self.tampering(report), [("inserted", name, 5)])
+        self.assertEqual(self.tampering(self.verify(1)), [(kind, name, line)])
+
+    def test_inserted_record(self):
+        self.assert_found(lambda lines: lines.insert(4, event(999, START + DAY + 5, "give me admin")),
+                          "inserted", 5)
 
     def test_inserted_copy_of_a_chained_record(self):
-        name = self.names[1]
-        lines = self.lines(name)
-        lines.insert(10, lines[3])
-        self.rewrite(name, lines)
-        report = self.verify(1)
-        self.assertEqual(self.tampering(report), [("inserted", name, 11)])
+        self.assert_found(lambda lines: lines.insert(10, lines[3]), "inserted", 11)
 
     @needs_hypothesis
     def test_deleted_records(self):
@@ -370,15 +373,10 @@ class TestTampering(TrailTest):
         def check(start, count):
             name = self.names[1]
             original = self.lines(name)
-            lines = original[:start] + original[start + count:]
-            self.rewrite(name, lines)
-            try:
-                report = self.verify(1)
+            with self.edited(name, original[:start] + original[start + count:]) as report:
                 self.assertEqual(self.tampering(report), [("deleted", name, start + 1)])
                 self.assertEqual(report["problems"][0]["missing"], count)
                 self.assertIsInstance(report["problems"][0]["interval"], dict)  # the seal after the gap
-            finally:
-                self.rewrite(name, original)
 
         check()
 
@@ -392,20 +390,16 @@ class TestTampering(TrailTest):
         self.assertEqual([(n["kind"], n["line"]) for n in report["notes"]], [("resent", 13)])
 
     def test_copies_that_are_no_replay_are_inserted(self):
-        name = self.names[1]
-        lines = self.lines(name)
-        lines[12:12] = lines[8:11]  # stops short of the record just before: not what a resend does
-        self.rewrite(name, lines)
-        report = self.verify(1)
-        self.assertEqual(self.tampering(report), [("inserted", name, 13)])
+        def copy(lines):
+            lines[12:12] = lines[8:11]  # stops short of the record just before: not what a resend does
+
+        self.assert_found(copy, "inserted", 13)
 
     def test_reordered_records(self):
-        name = self.names[1]
-        lines = self.lines(name)
-        lines[6], lines[7] = lines[7], lines[6]
-        self.rewrite(name, lines)
-        report = self.verify(1)
-        self.assertEqual(self.tampering(report), [("reordered", name, 8)])
+        def swap(lines):
+            lines[6], lines[7] = lines[7], lines[6]
+
+        self.assert_found(swap, "reordered", 8)
 
     def test_truncated_file(self):
         name = self.names[0]
@@ -509,20 +503,28 @@ class TestThroughThePipeline(EvenniaTest):
 class TestRsyslog(TrailTest):
     """A central rsyslog's file (%msg%, one record per line) verifies the same way."""
 
-    def test_rsyslog_file_verifies_and_shows_an_edit(self):
-        from auditing.syslog import syslog_sink
+    def setUp(self):
+        super().setUp()
         from auditing.testing.rsyslog import RsyslogServer
 
-        workdir = tempfile.mkdtemp(prefix="rs-", dir="/tmp")
+        workdir = tempfile.mkdtemp(prefix="rs-", dir="/tmp")  # short: it holds a unix socket
         self.addCleanup(shutil.rmtree, workdir, True)
-        server = RsyslogServer(workdir)
-        server.start()
-        self.addCleanup(server.stop)
+        self.server = RsyslogServer(workdir)
+        self.server.start()
+        self.addCleanup(self.server.stop)
         self.keygen()
-        state = os.path.join(self.root, STATE_NAME.format("to_syslog"))
+        self.state = os.path.join(self.root, STATE_NAME.format("to_syslog"))
+
+    def syslog_sink(self, interval):
+        from auditing.syslog import syslog_sink
+
+        inner = syslog_sink(("127.0.0.1", self.server.tcp_port), "tcp")
+        return ChainingSink(inner, self.state, self.key_path, interval, clock=self.clock)
+
+    def test_rsyslog_file_verifies_and_shows_an_edit(self):
+        server = self.server
         for _ in range(2):  # a reload in between
-            inner = syslog_sink(("127.0.0.1", server.tcp_port), "tcp")
-            sink = ChainingSink(inner, state, self.key_path, 60.0, clock=self.clock)
+            sink = self.syslog_sink(60.0)
             self.write(sink, 25)
             sink.close()
         lines = server.wait_for(52)
@@ -541,18 +543,8 @@ class TestRsyslog(TrailTest):
     def test_rsyslog_restarted_while_records_flow_still_verifies(self):
         """rsyslogd restarted twice over TCP: what the sink refused is chained again; copies it resent
         are reported as resent; the central file verifies with no tampering."""
-        from auditing.syslog import syslog_sink
-        from auditing.testing.rsyslog import RsyslogServer
-
-        workdir = tempfile.mkdtemp(prefix="rs-", dir="/tmp")
-        self.addCleanup(shutil.rmtree, workdir, True)
-        server = RsyslogServer(workdir)
-        server.start()
-        self.addCleanup(server.stop)
-        self.keygen()
-        sink = ChainingSink(syslog_sink(("127.0.0.1", server.tcp_port), "tcp"),
-                            os.path.join(self.root, STATE_NAME.format("to_syslog")), self.key_path, 5.0,
-                            clock=self.clock)
+        server = self.server
+        sink = self.syslog_sink(5.0)
         pending = []
         for round_number in range(90):
             if round_number in (30, 60):
