@@ -33,6 +33,7 @@ at `chain_seq` 1 from the zero head.
 
 import gzip
 import hashlib
+import inspect
 import json
 import os
 import time
@@ -42,7 +43,9 @@ import orjson
 
 from . import FORMAT_VERSION
 from .event import iso_time
+from .filesink import day_of
 from .sinkbase import Sink, SinkError
+from .trail import TrailError, list_files
 
 CHAIN_BYTES = 16
 KEY_BYTES = 32
@@ -274,8 +277,6 @@ def last_chained(path, compressed=None):
 
 def trail_head(directory):
     """(chain_seq, chain, cut, record) at the end of the newest trail file holding a chained record."""
-    from .trail import TrailError, list_files
-
     try:
         files, _duplicates = list_files(directory)
     except TrailError:
@@ -320,8 +321,6 @@ class ChainingSink(Sink):
 
     def __init__(self, inner, state_path, key_path=None, seal_interval=60.0, chain=True,
                  trail_dir=None, on_new_day=None, clock=time.time):
-        import inspect
-
         self.inner = inner
         self.state_path = state_path
         self.key_path = key_path
@@ -332,6 +331,7 @@ class ChainingSink(Sink):
         self.clock = clock
         self._inner_takes_times = "times" in inspect.signature(inner.write).parameters
         self._started = False
+        self._closed = False
         self._head = ZERO_HEAD
         self._seq = 0
         self._key = None
@@ -411,8 +411,6 @@ class ChainingSink(Sink):
 
     def write(self, records, times=None):
         """Chain `records` (and any own records waiting) and hand them to the inner sink."""
-        from .filesink import day_of
-
         now = self.clock()
         if not self._started:
             self._start(now)
@@ -435,7 +433,9 @@ class ChainingSink(Sink):
                 raise SinkError(error.cause, 0, 0) from None
             raise SinkError(error.cause, error.delivered - own, error.rejected) from None
         del self._own[:own]
-        self._seal_if_due(now)
+        # After close (events written on the caller's thread once the writer stopped), the trail must
+        # still end with a final seal, or the next start would take the stop for a crash.
+        self._seal_if_due(now, final=self._closed and own < len(records))
 
     def _deliver(self, records, times):
         """Chain and write; on SinkError the head advances over the delivered records only."""
@@ -510,8 +510,6 @@ class ChainingSink(Sink):
             now = self.clock()
             if not self._started:
                 self._start(now)
-            from .filesink import day_of
-
             self._new_day(day_of(now), now)
             if self._deliver_own():
                 self._seal_if_due(now)
@@ -540,6 +538,7 @@ class ChainingSink(Sink):
 
     def close(self):
         """Seal what is unsealed, record a clean stop, close the inner sink."""
+        self._closed = True
         try:
             now = self.clock()
             if self._started and self._deliver_own():

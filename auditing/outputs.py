@@ -6,6 +6,9 @@ Outputs: where audit events go. `AUDIT_CALLBACK` names one of these, or your own
 - `to_syslog`: one JSON record per syslog message (RFC 5424), to the local syslog or to a remote
   rsyslog/syslog-ng over UDP or TCP, as `AUDIT_SYSLOG` says. See `auditing.syslog`.
 
+As the pipeline's output, both add a hash chain and seals to every record (`auditing.chain`,
+`AUDIT_CHAIN`), and the file output applies the retention rules (`auditing.retention`).
+
 Both are also plain callables taking one event dict, like the contrib's functions, for code that calls
 them directly. A custom callback is any callable taking one dict:
 

@@ -20,7 +20,8 @@ from evennia.utils.test_resources import EvenniaTest
 
 from auditing import FORMAT_VERSION, conf
 from auditing.chain import (
-    STATE_NAME, ChainingSink, SealKey, chain_value, chained_line, derive, evolve, seal_mac, split_chained,
+    STATE_NAME, ChainingSink, SealKey, chain_value, chained_line, derive, evolve, key_id, seal_mac,
+    split_chained,
 )
 from auditing.cli import main
 from auditing.event import RCV, capture, iso_time
@@ -146,6 +147,16 @@ class TrailTest(unittest.TestCase):
         with open(self.path(name), "wb") as handle:
             handle.write(b"".join(line + b"\n" for line in lines))
 
+    @contextlib.contextmanager
+    def edited(self, name, lines):
+        """The file `name` holds `lines` while the block runs (it gets the report), then is restored."""
+        original = self.lines(name)
+        self.rewrite(name, lines)
+        try:
+            yield self.verify(1)
+        finally:
+            self.rewrite(name, original)
+
     def verify(self, expect_exit):
         report = verify(self.dir, self.key)
         out = io.StringIO()
@@ -185,6 +196,28 @@ class TestCleanTrail(TrailTest):
         self.assertEqual(set(os.listdir(self.dir)), {f"audit_{day}.log" for day in ("2026-11-18", "2026-11-19", "2026-11-20")})
         self.assertFalse(os.path.exists(self.key_path))
 
+    def test_a_key_file_that_is_a_symlink_is_refused(self):
+        self.keygen()
+        elsewhere = os.path.join(self.root, "elsewhere.key")
+        os.rename(self.key_path, elsewhere)
+        os.symlink(elsewhere, self.key_path)
+        with self.assertRaises(OSError):
+            SealKey.load(self.key_path)
+        sink = self.sink()
+        self.write(sink, 3)
+        sink.close()  # chained, not sealed, and the file it points to is left alone
+        self.assertEqual(verify(self.dir, self.key)["seals"], 0)
+        self.assertEqual(SealKey.load(elsewhere).epoch, 0)
+
+    def test_exit_status_2_for_no_trail_or_a_bad_key(self):
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            self.assertEqual(main(["verify", os.path.join(self.root, "nothing")]), 2)
+            self.assertEqual(main(["verify", "--key", "not-hex", self.root]), 2)
+            self.keygen()
+            self.assertEqual(main(["keygen", "--key-file", self.key_path]), 2)  # never replaced silently
+        self.assertIn("no such file or directory", err.getvalue())
+        self.assertEqual(SealKey.load(self.key_path).key_id, key_id(self.key))
+
     def test_key_file_evolves_and_old_key_is_gone(self):
         self.keygen()
         sink = self.sink()
@@ -198,6 +231,20 @@ class TestCleanTrail(TrailTest):
             stored = handle.read()
         for epoch in range(current.epoch):
             self.assertNotIn(derive(self.key, epoch).hex().encode(), stored)
+
+    def test_records_written_after_close_still_end_with_a_final_seal(self):
+        self.keygen()
+        sink = self.sink()
+        self.write(sink, 5)
+        sink.close()
+        self.write(sink, 2)  # the pipeline writes late events on the caller's thread after stop
+        last = orjson.loads(self.lines(self.files()[-1])[-1])
+        self.assertEqual((last["kind"], last.get("final")), ("seal", True))
+        sink = self.sink()  # the next start: a clean stop, no chain_start
+        self.write(sink, 2)
+        sink.close()
+        report = self.verify(0)
+        self.assertEqual((report["problems"], report["notes"]), ([], []))
 
     def test_refused_records_are_chained_again_from_the_right_head(self):
         self.keygen()
@@ -240,6 +287,21 @@ class TestCrash(TrailTest):
         self.assertIn(("crash", cut_line), crashes)  # the cut record
         self.assertIn(("crash", cut_line + 1), crashes)  # the chain_start that states the head
 
+    def test_kill_9_just_before_midnight_and_restart_the_next_day(self):
+        self.keygen()
+        sink = self.sink()
+        self.write(sink, 10)
+        name = self.files()[-1]
+        self.cut_write(name)  # the last line of that day's file stays cut
+        self.clock.now += DAY
+        sink = self.sink()
+        self.write(sink, 10)
+        sink.close()
+        report = self.verify(0)
+        self.assertEqual(report["problems"], [])
+        self.assertEqual([(n["kind"], n["file"]) for n in report["notes"]],
+                         [("crash", name), ("crash", self.files()[-1])])
+
     def test_kill_9_between_writes_resumes_the_chain(self):
         self.keygen()
         sink = self.sink()
@@ -281,35 +343,28 @@ class TestTampering(TrailTest):
             record = orjson.loads(lines[index])
             if record.get("kind") != "io" or record["text"] == text:
                 return
-            new = lines[index].replace(orjson.dumps(record["text"]), orjson.dumps(text), 1)
-            lines[index] = new
-            self.rewrite(name, lines)
-            try:
-                report = self.verify(1)
+            lines[index] = lines[index].replace(orjson.dumps(record["text"]), orjson.dumps(text), 1)
+            with self.edited(name, lines) as report:
                 self.assertEqual(self.tampering(report), [("modified", name, index + 1)])
                 self.assertEqual(report["problems"][0]["chain_seq"], record["chain_seq"])
                 self.assertIsInstance(report["problems"][0]["interval"], dict)  # a sealed interval
-            finally:
-                self.rewrite(name, original)
 
         check()
 
-    def test_inserted_record(self):
+    def assert_found(self, edit, kind, line):
+        """Edit the lines of the day-2 file with `edit(lines)`; verify finds `kind` there, only."""
         name = self.names[1]
         lines = self.lines(name)
-        forged = event(999, START + DAY + 5, "give me admin")
-        lines.insert(4, forged)
+        edit(lines)
         self.rewrite(name, lines)
-        report = self.verify(1)
-        self.assertEqual(self.tampering(report), [("inserted", name, 5)])
+        self.assertEqual(self.tampering(self.verify(1)), [(kind, name, line)])
+
+    def test_inserted_record(self):
+        self.assert_found(lambda lines: lines.insert(4, event(999, START + DAY + 5, "give me admin")),
+                          "inserted", 5)
 
     def test_inserted_copy_of_a_chained_record(self):
-        name = self.names[1]
-        lines = self.lines(name)
-        lines.insert(10, lines[3])
-        self.rewrite(name, lines)
-        report = self.verify(1)
-        self.assertEqual(self.tampering(report), [("inserted", name, 11)])
+        self.assert_found(lambda lines: lines.insert(10, lines[3]), "inserted", 11)
 
     @needs_hypothesis
     def test_deleted_records(self):
@@ -318,25 +373,33 @@ class TestTampering(TrailTest):
         def check(start, count):
             name = self.names[1]
             original = self.lines(name)
-            lines = original[:start] + original[start + count:]
-            self.rewrite(name, lines)
-            try:
-                report = self.verify(1)
+            with self.edited(name, original[:start] + original[start + count:]) as report:
                 self.assertEqual(self.tampering(report), [("deleted", name, start + 1)])
                 self.assertEqual(report["problems"][0]["missing"], count)
                 self.assertIsInstance(report["problems"][0]["interval"], dict)  # the seal after the gap
-            finally:
-                self.rewrite(name, original)
 
         check()
 
-    def test_reordered_records(self):
+    def test_resent_copies_are_not_tampering(self):
+        """Syslog over TCP resends what it could not confirm: the copies replay the records before them."""
         name = self.names[1]
         lines = self.lines(name)
-        lines[6], lines[7] = lines[7], lines[6]
+        lines[12:12] = lines[8:12]
         self.rewrite(name, lines)
-        report = self.verify(1)
-        self.assertEqual(self.tampering(report), [("reordered", name, 8)])
+        report = self.verify(0)
+        self.assertEqual([(n["kind"], n["line"]) for n in report["notes"]], [("resent", 13)])
+
+    def test_copies_that_are_no_replay_are_inserted(self):
+        def copy(lines):
+            lines[12:12] = lines[8:11]  # stops short of the record just before: not what a resend does
+
+        self.assert_found(copy, "inserted", 13)
+
+    def test_reordered_records(self):
+        def swap(lines):
+            lines[6], lines[7] = lines[7], lines[6]
+
+        self.assert_found(swap, "reordered", 8)
 
     def test_truncated_file(self):
         name = self.names[0]
@@ -440,20 +503,28 @@ class TestThroughThePipeline(EvenniaTest):
 class TestRsyslog(TrailTest):
     """A central rsyslog's file (%msg%, one record per line) verifies the same way."""
 
-    def test_rsyslog_file_verifies_and_shows_an_edit(self):
-        from auditing.syslog import syslog_sink
+    def setUp(self):
+        super().setUp()
         from auditing.testing.rsyslog import RsyslogServer
 
-        workdir = tempfile.mkdtemp(prefix="rs-", dir="/tmp")
+        workdir = tempfile.mkdtemp(prefix="rs-", dir="/tmp")  # short: it holds a unix socket
         self.addCleanup(shutil.rmtree, workdir, True)
-        server = RsyslogServer(workdir)
-        server.start()
-        self.addCleanup(server.stop)
+        self.server = RsyslogServer(workdir)
+        self.server.start()
+        self.addCleanup(self.server.stop)
         self.keygen()
-        state = os.path.join(self.root, STATE_NAME.format("to_syslog"))
+        self.state = os.path.join(self.root, STATE_NAME.format("to_syslog"))
+
+    def syslog_sink(self, interval):
+        from auditing.syslog import syslog_sink
+
+        inner = syslog_sink(("127.0.0.1", self.server.tcp_port), "tcp")
+        return ChainingSink(inner, self.state, self.key_path, interval, clock=self.clock)
+
+    def test_rsyslog_file_verifies_and_shows_an_edit(self):
+        server = self.server
         for _ in range(2):  # a reload in between
-            inner = syslog_sink(("127.0.0.1", server.tcp_port), "tcp")
-            sink = ChainingSink(inner, state, self.key_path, 60.0, clock=self.clock)
+            sink = self.syslog_sink(60.0)
             self.write(sink, 25)
             sink.close()
         lines = server.wait_for(52)
@@ -468,6 +539,37 @@ class TestRsyslog(TrailTest):
             handle.write(b"\n".join(data))
         report = verify(server.out_path, self.key)
         self.assertEqual(self.tampering(report), [("modified", "out.log", 8)])
+
+    def test_rsyslog_restarted_while_records_flow_still_verifies(self):
+        """rsyslogd restarted twice over TCP: what the sink refused is chained again; copies it resent
+        are reported as resent; the central file verifies with no tampering."""
+        server = self.server
+        sink = self.syslog_sink(5.0)
+        pending = []
+        for round_number in range(90):
+            if round_number in (30, 60):
+                server.restart()
+            for _ in range(3):
+                self.number += 1
+                pending.append(event(self.number, self.clock.now))
+                self.clock.now += 1
+            for _attempt in range(200):  # what the pipeline does: retry the rest, in order
+                try:
+                    sink.write(pending)
+                    pending = []
+                    break
+                except SinkError as error:
+                    pending = pending[error.delivered + error.rejected:]
+                    time.sleep(0.05)
+            sink.on_idle()
+        sink.close()
+        self.assertEqual(pending, [])
+        records = [orjson.loads(line) for line in server.wait_for(270)]
+        self.assertGreaterEqual(len({r["seq"] for r in records if r["kind"] == "io"}), 270)
+        report = verify(server.out_path, self.key)
+        self.assertEqual(report["problems"], [], report["notes"])
+        self.assertTrue({n["kind"] for n in report["notes"]} <= {"resent"})
+        self.assertGreater(report["seals"], 10)
 
 
 @requires_servers
@@ -497,6 +599,8 @@ class TestRealGame(unittest.TestCase):
         self.assertEqual(report["problems"], [], report["notes"])
         self.assertTrue(report["notes"])
         self.assertEqual({note["kind"] for note in report["notes"]}, {"crash"})  # the kill -9, nothing else
+        restarts = [note for note in report["notes"] if note["detail"].startswith("the writer")]
+        self.assertEqual(len(restarts), 1, report["notes"])  # the reload and the stops were clean
         self.assertGreaterEqual(report["seals"], 3)
         self.assertEqual(report["unsealed_records"], 0)  # the last stop sealed everything
         self.assertEqual(SealKey.load(key_file).epoch, report["seals"])

@@ -16,6 +16,7 @@ failures), 1 tampering found, 2 usage error or no trail.
 """
 
 import collections
+import datetime
 import hmac
 import os
 import sys
@@ -24,8 +25,7 @@ import zlib
 import orjson
 
 from .chain import (
-    ZERO_HEAD, SealKey, chain_value, evolve, key_id, seal_mac,
-    split_chained,
+    ZERO_HEAD, SealKey, chain_value, evolve, key_id, read_lines, seal_mac, split_chained,
 )
 from .trail import TrailError, TrailFile, list_files
 
@@ -56,7 +56,7 @@ class Verifier:
         self.known = collections.OrderedDict()  # seq -> (chain, position)
         self.missing = []  # [first seq, last seq, position before, position after, seals seen]
         self.waiting = {}  # seq -> (body, chain, position): records whose predecessor is missing
-        self.malformed = []  # (position, line) not yet explained
+        self.malformed = []  # [position, line, at the end of its file] not yet explained
         self.last_position = None
         self.last_epoch = None
         self.derived = None  # (epoch, key) cache
@@ -65,6 +65,7 @@ class Verifier:
         self.unchained = 0
         self.retention_through = None
         self.retention_files = []
+        self.replay = None  # ((first seq, position), next seq) of resent copies being read
         self.last_seq = None
         self.sealed_seq = None
         self._last_line_ok = True
@@ -90,36 +91,29 @@ class Verifier:
     # ------------------------------------------------------------ the scan
 
     def run(self):
-        last_index = len(self.files) - 1
-        for index, trail_file in enumerate(self.files):
+        for trail_file in self.files:
             try:
-                self._scan_file(trail_file, is_last=index == last_index)
+                self._scan_file(trail_file)
             except OSError as error:
                 self._problem("unparseable", (trail_file, None, None, None),
                               f"cannot read the file: {error.strerror or error}")
         self._finish()
         return self._report()
 
-    def _scan_file(self, trail_file, is_last):
-        from .chain import read_lines
-
+    def _scan_file(self, trail_file):
         number = 0
         try:
             for number, line in enumerate(read_lines(trail_file.path, trail_file.compressed), 1):
-                self._line(trail_file, number, line, is_last)
+                self._line(trail_file, number, line)
         except (EOFError, OSError, zlib.error) as error:
             if isinstance(error, FileNotFoundError):
                 raise
             self._problem("truncated", (trail_file, number + 1, None, None),
                           f"the compressed file ends early or is damaged ({error})")
         if self.malformed and self.malformed[-1][0][0] is trail_file and not self._last_line_ok:
-            position, _line = self.malformed.pop()
-            if is_last:
-                self._note("crash", position, "the last line is cut: a crash or a write in progress")
-            else:
-                self._problem("truncated", position, "the file ends inside a record: it was cut short")
+            self.malformed[-1][2] = True  # what follows (a chain_start after a crash?) will tell
 
-    def _line(self, trail_file, number, line, is_last):
+    def _line(self, trail_file, number, line):
         complete = line.endswith(b"\n")
         line = line[:-1] if complete else line
         self._last_line_ok = True
@@ -132,7 +126,7 @@ class Verifier:
         position = (trail_file, number, None, None)
         if type(record) is not dict:
             self._last_line_ok = False
-            self.malformed.append((position, line))
+            self.malformed.append([position, line, False])
             return
         self.records += 1
         when = record.get("time")
@@ -153,12 +147,15 @@ class Verifier:
 
     def _explain_malformed(self, position, line, record):
         """Lines that were not JSON, explained by what follows them (or reported as tampering)."""
-        for bad_position, bad_line in self.malformed:
-            if record.get("kind") == "chain_start" and record.get("cut_line"):
+        restarted = record.get("kind") == "chain_start" and record.get("cut_line") is True
+        for index, (bad_position, bad_line, at_file_end) in enumerate(self.malformed):
+            if restarted and index == len(self.malformed) - 1:
                 self._note("crash", bad_position, "a record cut by a crash; the writer restarted after it")
             elif line.startswith(bad_line):
                 self._note("interrupted_write", bad_position,
                            "a write cut short by an error (disk full?); the record follows whole")
+            elif at_file_end:
+                self._problem("truncated", bad_position, "the file ends inside a record: it was cut short")
             else:
                 self._problem("unparseable", bad_position, "a line that is not a JSON record (edited?)")
         self.malformed = []
@@ -170,6 +167,9 @@ class Verifier:
         previous_head = self.head
         if kind == "chain_start":
             previous_head = self._restart(record, seq, position)
+        elif self.head is not None and (self.replay is not None or seq < self.expected) and \
+                self._resent(body, seq, chain, position):
+            return
         elif self.head is None:
             self.first = (seq, position)
             if seq == 1:
@@ -189,6 +189,36 @@ class Verifier:
         self.head, self.expected, self.last_seq = chain, seq + 1, seq
         self._remember(seq, chain, position)
         self._kind(record, seq, previous_head, position)
+
+    def _resent(self, body, seq, chain, position):
+        """True for a copy a sink resent (syslog over TCP after a reconnect delivers at least once).
+
+        Resent copies repeat, in order, the records just before them, up to the last one, with the
+        same chain values; anything else that repeats a `chain_seq` was inserted.
+        """
+        earlier = self.known.get(seq)
+        same = earlier is not None and earlier[0] == chain and seq < self.expected
+        if self.replay is not None:
+            start, next_seq = self.replay
+            self.replay = None
+            if same and seq == next_seq:
+                self.replay = (start, seq + 1)
+            else:
+                self._problem("inserted", start[1], f"chain_seq {start[0]} appears a second time "
+                              f"(also at {self.known[start[0]][1][0].name}:{self.known[start[0]][1][1]}): "
+                              "a record was inserted or copied")
+        if same and self.replay is None:
+            self.replay = ((seq, position), seq + 1)
+        if self.replay is None:
+            return False
+        before = self.known.get(seq - 1)
+        if before is not None and chain_value(before[0], seq, body) != chain:
+            self._problem("modified", position, "the record does not match its chain value: it was edited")
+        if seq == self.expected - 1:
+            (first, first_position), self.replay = self.replay[0], None
+            self._note("resent", first_position, f"chain_seq {first}..{seq} written again, in order "
+                       "(a sink resent them after a reconnect)")
+        return True
 
     def _remember(self, seq, chain, position):
         self.known[seq] = (chain, position)
@@ -307,8 +337,18 @@ class Verifier:
     # ------------------------------------------------------------ the end
 
     def _finish(self):
-        for position, _line in self.malformed:
-            self._problem("unparseable", position, "a line that is not a JSON record (edited?)")
+        if self.replay is not None:
+            (first, position), _next = self.replay
+            self._problem("inserted", position, f"chain_seq {first} appears a second time: a record was "
+                          "inserted or copied")
+        last_file = self.files[-1] if self.files else None
+        for position, _line, at_file_end in self.malformed:
+            if at_file_end and position[0] is last_file:
+                self._note("crash", position, "the last line is cut: a crash or a write in progress")
+            elif at_file_end:
+                self._problem("truncated", position, "the file ends inside a record: it was cut short")
+            else:
+                self._problem("unparseable", position, "a line that is not a JSON record (edited?)")
         self._start_of_trail()
         for gap in sorted(self.missing, key=lambda gap: gap[0]):
             self._gap(*gap)
@@ -327,24 +367,23 @@ class Verifier:
     def _gap(self, first, last, before, after, seals):
         count = last - first + 1
         span = f"chain_seq {first}..{last}" if count > 1 else f"chain_seq {first}"
+        records = f"{count} records" if count > 1 else "1 record"
         if before is not None and after is not None and before[0] is not after[0]:
             removed = self._files_between(before[0], after[0])
             if removed:
-                self._problem("file_removed", after, f"{count} records ({span}) missing: "
+                self._problem("file_removed", after, f"{records} ({span}) missing: "
                               f"file(s) {', '.join(removed)} removed", seals, missing=count)
             else:
-                self._problem("truncated", after, f"{count} records ({span}) missing at the end of "
+                self._problem("truncated", after, f"{records} ({span}) missing at the end of "
                               f"{before[0].name} (after line {before[1]}): the file was truncated", seals,
                               missing=count)
         else:
-            self._problem("deleted", after, f"{count} records ({span}) were deleted before this line",
+            self._problem("deleted", after, f"{records} ({span}) deleted before this line",
                           seals, missing=count)
 
     @staticmethod
     def _files_between(earlier, later):
         """Names of trail files that should lie between two files but do not exist."""
-        import datetime
-
         if earlier.day is None or later.day is None:
             return []
         names = []
