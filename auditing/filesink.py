@@ -200,7 +200,7 @@ class FileSink(Sink):
             stat = os.fstat(fd)
             if stat.st_size and self._foreign(fd):
                 os.close(fd)
-                self._move_aside(path, "contrib", "holds another format (not JSON Lines)")
+                self._convert_aside(path)
                 fd = self._open_refusing_links(path)
                 stat = os.fstat(fd)
             os.fchmod(fd, FILE_MODE)  # an existing file keeps a looser mode otherwise
@@ -233,6 +233,43 @@ class FileSink(Sink):
         os.rename(path, target)
         self.moved_aside += 1
         self.report("warn", f"audit file {path} {why}: moved to {target}; a new file is started")
+
+    def _convert_aside(self, path):
+        """A file in another format (the old contrib's `<ts> [-] {json}` lines) becomes JSON Lines
+        beside ours: `audit_DAY.contrib.log`, each record marked `"legacy": true` with its time made
+        canonical (`trail.decode_line`), so every line of every file parses and `evennia-audit`
+        finds the old records; a line that is neither is kept whole as `{"legacy": true, "kind":
+        "error", "raw": ...}`. Written under a temporary name, then the original is removed."""
+        from .trail import decode_line
+
+        stem = path[: -len(".log")]
+        target, index = f"{stem}.contrib.log", 1
+        while os.path.lexists(target):
+            target, index = f"{stem}.contrib.{index}.log", index + 1
+        temporary = f"{target}.{os.getpid()}.tmp"
+        source = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(source, "rb") as handle:
+            lines = handle.read().splitlines()
+        records = []
+        for line in lines:
+            record, problem = decode_line(line)
+            if record is None and problem is None:
+                continue  # a blank line
+            if record is None:
+                record = {"legacy": True, "kind": "error", "error": problem,
+                          "raw": line.decode("utf-8", "replace")}
+            records.append(orjson.dumps(record, option=orjson.OPT_NON_STR_KEYS) + b"\n")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     FILE_MODE)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(b"".join(records))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.rename(temporary, target)
+        os.unlink(path)
+        self.moved_aside += 1
+        self.report("warn", f"audit file {path} held the old contrib's format: its {len(records)} "
+                            f"records are now JSON Lines in {target} (marked legacy); a new file is started")
 
     @staticmethod
     def _foreign(fd):

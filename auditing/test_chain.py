@@ -284,8 +284,11 @@ class TestCrash(TrailTest):
         report = self.verify(0)
         self.assertEqual(report["problems"], [])
         crashes = [(n["kind"], n["line"]) for n in report["notes"]]
-        self.assertIn(("crash", cut_line), crashes)  # the cut record
-        self.assertIn(("crash", cut_line + 1), crashes)  # the chain_start that states the head
+        # The file sink cut the partial record away before writing again (counted lost by the
+        # pipeline); the chain_start in its place states the crash and the head it recovered.
+        self.assertEqual(crashes, [("crash", cut_line)])
+        for line in self.lines(name):
+            orjson.loads(line)
 
     def test_kill_9_just_before_midnight_and_restart_the_next_day(self):
         self.keygen()

@@ -427,15 +427,21 @@ class TestFileRepairAndRefusals(FaultCase):
         self.assertEqual(pipeline.stats()["lost"], 1)
 
     def test_contrib_file_is_moved_aside_not_appended_to(self):
-        contrib = b'2026-09-21 07:40:12+0000 [-] {"account": "bob", "text": "look"}\n'
+        contrib = (b'2026-09-21 07:40:12+0000 [-] {"account": "bob", "text": "look"}\n'
+                   b'26-09-21 07:40:13 [-] {"account": "bob", "text": "say hi"}\n'
+                   b'a line of neither format\n')
         with open(self.trail_path(), "wb") as handle:
             handle.write(contrib)
         with mock.patch("auditing.sinkbase.report", create=True) as report:
             self.write_with_pipeline(2)
-        moved = os.path.join(self.directory, f"audit_{self.day}.contrib.log")
-        with open(moved, "rb") as handle:
-            self.assertEqual(handle.read(), contrib)
-        self.assertEqual([r["text"] for r in read_trail(self.directory)], ["say 0", "say 1"])
+        # Every line of every file parses: the contrib's records became JSON Lines, marked legacy.
+        records = read_trail(self.directory)
+        legacy = [r for r in records if r.get("legacy")]
+        self.assertEqual([(r.get("text"), r.get("time")) for r in legacy[:2]],
+                         [("look", "2026-09-21T07:40:12.000000Z"), ("say hi", "2026-09-21T07:40:13.000000Z")])
+        self.assertEqual(legacy[2]["raw"], "a line of neither format")
+        self.assertEqual([r["text"] for r in records if not r.get("legacy")], ["say 0", "say 1"])
+        self.assertTrue(os.path.exists(os.path.join(self.directory, f"audit_{self.day}.contrib.log")))
         lines = [c.args[1] for c in report.call_args_list]
         self.assertEqual(len(lines), 1, lines)
         self.assertIn("contrib.log", lines[0])
