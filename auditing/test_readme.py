@@ -6,8 +6,10 @@ The README marks what is run with an HTML comment before a fenced block (`tools/
 - `<!-- run: shell -->`: the walkthrough of "Investigating an incident". `TestWalkthrough` runs a fresh
   `python -m auditing.demo run --dir demo` in a temporary directory (laid out as the checkout after
   `make demo`), then every command as typed (`sh`, from that directory, the venv's bin/ first on PATH,
-  120 columns) and compares its output with the README's excerpt (`excerpt_mismatch`). It starts a
-  game, so it is opt-in (`requires_servers`).
+  120 columns) and compares its output with the README's excerpt (`excerpt_mismatch`): the same lines
+  in the same order once what varies between runs is replaced (`VARIES`: times, connection ids,
+  hashes, durations, numbers). Exit statuses are exact: a command followed by `echo $?` must exit
+  with the status shown, any other must succeed. It starts a game, so it is opt-in (`requires_servers`).
 - `<!-- run: settings -->`: the lines a game adds to its settings (`TestSettingsBlock`).
 - `<!-- run: callback -->`: the custom callback example, given real records by a real Pipeline
   (`TestCallbackExample`).
@@ -126,19 +128,18 @@ def excerpt_mismatch(expected, actual):
         at_end = index == len(chunks) - 1 and (not wanted or wanted[-1] != OMITTED)
         if not chunk:
             if at_start and at_end and got:
-                return _report("the README shows no output", None, wanted, got)
+                return _report("the README shows no output, the command printed some", wanted, got)
             continue
-        starts = range(position, len(got) - len(chunk) + 1)
-        starts = [s for s in starts if (not at_start or s == 0) and (not at_end or s + len(chunk) == len(got))]
-        found = next((s for s in starts if got[s:s + len(chunk)] == chunk), None)
-        if found is None:
-            matched = max([_common_prefix(chunk, got[s:]) for s in starts] or [0])
-            missing = chunk[min(matched, len(chunk) - 1)]
-            where = ("at the first output line" if at_start else "at the end of the output" if at_end else
-                     f"after output line {position}")
-            return _report(f"this README line matches no output line in its place ({where}):\n    {missing}",
-                           missing, wanted, got)
-        position = found + len(chunk)
+        anywhere = [s for s in range(position, len(got) - len(chunk) + 1) if got[s:s + len(chunk)] == chunk]
+        found = [s for s in anywhere if (not at_start or s == 0) and (not at_end or s + len(chunk) == len(got))]
+        if found:
+            position = found[0] + len(chunk)
+            continue
+        if anywhere:  # the lines are there, but the output has more before or after them
+            where = "before the excerpt's first line" if at_start and anywhere[0] != 0 else "after its last line"
+            return _report(f"the output has lines {where} (the README would show `...` there)", wanted, got)
+        matched = max(_common_prefix(chunk, got[s:]) for s in range(position, len(got) + 1))
+        return _report(f"this README line matches no output line in its place:\n    {chunk[matched]}", wanted, got)
     return None
 
 
@@ -151,7 +152,7 @@ def _common_prefix(chunk, lines):
     return count
 
 
-def _report(headline, _missing, wanted, got):
+def _report(headline, wanted, got):
     diff = difflib.unified_diff(wanted, got, "README (normalised)", "output (normalised)", lineterm="", n=2)
     return headline + "\n" + "\n".join(diff)
 
@@ -304,7 +305,8 @@ class TestExcerptMatcher(unittest.TestCase):
             with self.subTest(change):
                 problem = excerpt_mismatch(RUN, output)
                 self.assertIsNotNone(problem)
-                self.assertIn("matches no output line", problem)
+                self.assertIn("after its last line" if change == "extra record" else "matches no output line",
+                              problem)
                 self.assertIn("--- README (normalised)", problem)
 
     def test_omitted_lines_only_where_the_readme_says(self):
