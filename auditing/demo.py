@@ -65,6 +65,24 @@ def format_record(record, width=110):
     return render.for_terminal(f"{cells[0]:12}  {cells[1]:17} {cells[2]:24} {cells[3]:20} {cells[4]}", one_line=True)
 
 
+def _shown_path(path):
+    """`path` relative to the current directory when it lies below it (what the user types), else absolute."""
+    relative = os.path.relpath(path)
+    return path if relative.startswith(os.pardir) else relative
+
+
+def walkthrough_hint(game):
+    """Where `evennia-audit` is and the walkthrough's first command, typed from the current directory
+    (README.md, "Investigating an incident", runs from where `make demo` ran)."""
+    bin_dir = os.path.dirname(os.path.abspath(sys.executable))  # the venv's bin/, symlinks kept
+    return [
+        "investigate the trail (README.md, \"Investigating an incident\"), from this directory:",
+        f"  . {_shown_path(os.path.join(bin_dir, 'activate'))}    "
+        f"# puts {os.path.join(bin_dir, 'evennia-audit')} on PATH",
+        f"  evennia-audit sessions --dir {_shown_path(game.audit_dir)}",
+    ]
+
+
 def _leak_forms(secret):
     return {secret.encode(), json.dumps(secret)[1:-1].encode(),
             json.dumps(secret, ensure_ascii=False)[1:-1].encode()}
@@ -163,6 +181,9 @@ def run(directory):
     print(f"  webclient: {game.webclient_url}")
     print(f"  accounts: {PLAYER} / {state[PLAYER]}    {game.superuser[0]} / {game.superuser[1]}")
     print("  stop the server: make demo-stop")
+    print()
+    for line in walkthrough_hint(game):
+        print(line)
     print()
     leaks = [p for p in passwords if any(form in raw for form in _leak_forms(p))]
     if not files:

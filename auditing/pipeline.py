@@ -55,6 +55,14 @@ def _log(level, message):
     report(level, message)
 
 
+def _plain_objects(when, sparse):
+    """`objects` of a record that has no live objects (loss, error, spilled): same shape for callbacks."""
+    objects = {"time": datetime.datetime.fromtimestamp(when, datetime.timezone.utc)}
+    if not sparse:
+        objects.update(dict.fromkeys(_OBJECT_KEYS))
+    return objects
+
+
 def serialize(event):
     """One JSON document as bytes; never raises (falls back to the stdlib, then to a repr)."""
     try:
