@@ -97,14 +97,6 @@ def serialize_parts(parts):
     return first[:-1] + b"," + rest
 
 
-def _plain_objects(when, sparse):
-    """`objects` of a record that has no live objects (loss, error, spilled): same shape for callbacks."""
-    objects = {"time": datetime.datetime.fromtimestamp(when, datetime.timezone.utc)}
-    if not sparse:
-        objects.update(dict.fromkeys(_OBJECT_KEYS))
-    return objects
-
-
 class Pipeline:
     """Queue, writer thread and failure policy for one configuration.
 
