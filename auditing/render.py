@@ -30,7 +30,7 @@ LEGEND = "> typed by the player, < shown by the game, *** connection event, !!! 
 
 # Fields every record carries; shown only in the wide view.
 ENVELOPE = ("v", "time", "kind", "hostname", "application", "version", "pid", "session", "conn", "seq",
-            "direction", "text", "data", "legacy", "origin")
+            "direction", "text", "data", "legacy", "origin", "chain_seq", "chain")
 # Shown first, in this order, when present; any other field follows in name order.
 DETAIL_ORDER = ("tried_account", "created_account", "target", "mode", "account", "character", "puppet", "room",
                 "protocol", "ip", "reason", "cause", "lost", "first_time", "last_time", "masked", "bytes")
