@@ -22,7 +22,7 @@ import unittest
 
 from auditing.test_commands import ADD_COMMAND
 from auditing.testing import requires_servers
-from auditing.testing.clients import TelnetClient, WebClient
+from auditing.testing.clients import TelnetClient, WebClient, log_in
 from auditing.testing.game import GameServer
 
 MASK = "********"
@@ -53,13 +53,7 @@ class ConsoleEndToEndTest(unittest.TestCase):
         self.game.start(superuser=("admin", ADMIN_PW))
 
     def player(self, client, name, password, create=True):
-        client.read_until("<password>", timeout=30)
-        if create:
-            client.send_line(f"create {name} {password}")
-            client.read_until("[Y]/N?", timeout=20)
-            client.send_line("y")
-            client.read_until("was created", timeout=20)
-        client.send_line(f"connect {name} {password}")
+        log_in(client, name, password, create)
         client.read_until(re.compile(rf"You become {name}", re.I), timeout=20)
         client.read_available(0.3)
         return client

@@ -17,7 +17,7 @@ import time
 import unittest
 
 from auditing.testing import requires_servers
-from auditing.testing.clients import TelnetClient
+from auditing.testing.clients import TelnetClient, log_in
 from auditing.testing.game import DEFAULT_SUPERUSER, GameServer, _pid_alive
 
 PASSWORD = "Svc-e2e-pw-1"
@@ -33,16 +33,8 @@ def read_records(directory):
 
 
 def login(game, name, create=False):
-    client = TelnetClient("127.0.0.1", game.telnet_port, timeout=20)
-    client.read_until("<password>", timeout=30)
     password = DEFAULT_SUPERUSER[1] if name == DEFAULT_SUPERUSER[0] else PASSWORD
-    if create:
-        client.send_line(f"create {name} {password}")
-        client.read_until("[Y]/N?", timeout=20)
-        client.send_line("y")
-        client.read_until("was created", timeout=20)
-    client.send_line(f"connect {name} {password}")
-    return client
+    return log_in(TelnetClient("127.0.0.1", game.telnet_port, timeout=20), name, password, create)
 
 
 @requires_servers

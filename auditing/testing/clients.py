@@ -282,3 +282,16 @@ class WebClient(_ClientBase):
                 self.ws.close()
             except Exception:  # noqa: BLE001 - closing a dead socket
                 pass
+
+
+def log_in(client, name, password, create=False, timeout=20):
+    """At the connection screen: create the account first if asked, then `connect`. Returns the client
+    (the caller waits for what it expects next: the character, or a refusal)."""
+    client.read_until("<password>", timeout=timeout + 10)
+    if create:
+        client.send_line(f"create {name} {password}")
+        client.read_until("[Y]/N?", timeout=timeout)
+        client.send_line("y")
+        client.read_until("was created", timeout=timeout)
+    client.send_line(f"connect {name} {password}")
+    return client
