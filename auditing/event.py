@@ -141,7 +141,7 @@ def iso_time(timestamp):
 _tokens = {}  # id(obj) -> (pk, name, "name#dbref"): names are read per event, formatted once
 
 
-def _token(obj):
+def token(obj):
     """`name#dbref` like the contrib; never raises (a deleted object gives its repr)."""
     if obj is None:
         return ""
@@ -150,11 +150,11 @@ def _token(obj):
         cached = _tokens.get(id(obj))
         if cached is not None and cached[0] == pk and cached[1] == name:
             return cached[2]
-        token = f"{name}#{pk}" if pk else str(name)
+        formatted = f"{name}#{pk}" if pk else str(name)
         if len(_tokens) > 100_000:
             _tokens.clear()
-        _tokens[id(obj)] = (pk, name, token)
-        return token
+        _tokens[id(obj)] = (pk, name, formatted)
+        return formatted
     except Exception:
         return repr(obj)
 
@@ -349,9 +349,9 @@ class Builder:
             "protocol": getattr(session, "protocol_key", ""),
             "ip": _ip(getattr(session, "address", "")),
             "session": f"session#{getattr(session, 'sessid', '')}",
-            "account": _token(account),
-            "character": _token(puppet),
-            "room": _token(room),
+            "account": token(account),
+            "character": token(puppet),
+            "room": token(room),
         }
         return sparse(who) if not config.allow_sparse else who
 
@@ -361,7 +361,7 @@ class Builder:
         event = self._head(captured)
         for key, value in fields.items():
             # Objects (the puppet, a created account) are recorded by name#dbref.
-            event[key] = value if isinstance(value, (str, int, float, bool, type(None), dict, list)) else _token(value)
+            event[key] = value if isinstance(value, (str, int, float, bool, type(None), dict, list)) else token(value)
         if kind == "disconnect":
             self.forget(conn)
         sparse_mode = not self.config.allow_sparse

@@ -20,13 +20,14 @@ decide what is written (see `event.Builder`).
 
 import atexit
 import json
+import os
 import threading
 import time
 
 from . import capture as capture_policy
 from . import conf, hooks, lifecycle
 from .event import RCV, SND, capture
-from .event import _token as token
+from .event import token
 from .registry import ConnectionRegistry
 from .watch import Watchers
 
@@ -135,12 +136,13 @@ class AuditService:
             self._clean_saved = True
         else:
             self.registry.discard()  # nothing carries over
+            atexit.unregister(self._at_exit)
 
     def _at_exit(self):
         # Records after the shutdown trigger (disconnect notices) moved the sequence numbers on.
         if not self._stopped:
             self.stop()
-        elif self._clean_saved:
+        elif self._clean_saved and os.path.isdir(self.registry.directory):
             self._save(clean=True)
 
     def _note_shutdown(self, mode, reactor_stopping):
