@@ -26,7 +26,8 @@ import time
 from evennia import Command
 from twisted.internet import threads
 
-from . import conf, render, service, trail
+from . import conf, hooks, render, service, trail
+from .event import token
 from .render import for_game
 
 DEFAULT_LIMIT = 20
@@ -143,7 +144,7 @@ class CmdAudit(Command):
 
     def _control(self, live, switch):
         """watch / unwatch / flag / unflag: change what is watched or recorded (each change is a record)."""
-        found = self._live_object(self.target) if self.target else None
+        found = hooks.find_account_or_character(self.target) if self.target else None
         name = for_game(self.target, one_line=True)
         if self.target and found is None:
             self.msg(f"No account or character '{name}' found.")
@@ -164,7 +165,7 @@ class CmdAudit(Command):
             self.msg(f"Watching {name}: their records appear here as they happen (audit/unwatch {name} to stop)."
                      if started else f"You are already watching {name}.")
             return
-        account = found if hasattr(found, "username") else getattr(found, "account", None)
+        account = found if hooks.is_account(found) else getattr(found, "account", None)
         if account is None:
             self.msg(f"{name} has no account to flag.")
             return
@@ -177,34 +178,19 @@ class CmdAudit(Command):
         else:
             self.msg(f"{who} was not flagged in game (AUDIT_FLAGGED in the settings may name it).")
 
-    @staticmethod
-    def _live_object(name):
-        """The account (first) or character of that name, or None."""
-        from evennia.accounts.models import AccountDB
-        from evennia.objects.models import ObjectDB
-
-        return (AccountDB.objects.filter(username__iexact=name).first()
-                or ObjectDB.objects.filter(db_key__iexact=name).first())
-
     def _failed(self, failure):
-        from evennia.utils import logger
-
-        logger.log_err(f"auditing: the audit command could not read the trail: {failure.getErrorMessage()}")
+        hooks.log_error(f"the audit command could not read the trail: {failure.getErrorMessage()}")
         self.msg(f"Could not read the audit trail: {for_game(failure.getErrorMessage(), one_line=True)}")
 
     def _find(self, name):
         """The Target for an account or character name (a name the database no longer knows is
         looked up in the trail as typed)."""
-        from evennia.accounts.models import AccountDB
-        from evennia.objects.models import ObjectDB
-
-        for field, found in (("account", AccountDB.objects.filter(username__iexact=name).first()),
-                             ("character", ObjectDB.objects.filter(db_key__iexact=name).first())):
-            if found is not None:
-                sessions = found.sessions.all()
-                conn = getattr(sessions[-1], "audit_conn", None) if sessions else None
-                return Target(field, f"{found.key}{found.dbref}", conn)
-        return Target("account", name)
+        found = hooks.find_account_or_character(name)
+        if found is None:
+            return Target("account", name)
+        sessions = found.sessions.all()
+        conn = getattr(sessions[-1], "audit_conn", None) if sessions else None
+        return Target("account" if hooks.is_account(found) else "character", token(found), conn)
 
     def _record_use(self, live, mode, target):
         session = self.session

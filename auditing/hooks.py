@@ -22,26 +22,29 @@ STAFF_PERMISSIONS = ("Admin", "Developer")
 # ---------------------------------------------------------------- logging
 
 
-def log_error(message):
-    """One line in Evennia's server log (stderr when there is no Evennia logger)."""
-    _log("log_err", message)
+_LOGGERS = {"err": "log_err", "warn": "log_warn", "info": "log_info", "sec": "log_sec"}
 
 
-def log_info(message):
-    _log("log_info", message)
-
-
-def log_security(message):
-    _log("log_sec", message)
-
-
-def _log(name, message):
+def log(level, message):
+    """One line in Evennia's server log ("err", "warn", "info" or "sec"); stderr outside a server."""
     try:
         from evennia.utils import logger
 
-        getattr(logger, name)(f"auditing: {message}")
+        getattr(logger, _LOGGERS[level])(f"auditing: {message}")
     except Exception:
         print(f"auditing: {message}", file=sys.stderr)
+
+
+def log_error(message):
+    log("err", message)
+
+
+def log_info(message):
+    log("info", message)
+
+
+def log_security(message):
+    log("sec", message)
 
 
 # ---------------------------------------------------------------- the reactor
@@ -74,6 +77,31 @@ def on_game_thread(function, *args):
         _reactor().callFromThread(function, *args)
     else:
         function(*args)
+
+
+def in_server_process():
+    """True inside a running Evennia server process (not the portal, a test run or a shell)."""
+    try:
+        import evennia
+
+        return evennia.EVENNIA_SERVER_SERVICE is not None and reactor_running()
+    except Exception:
+        return False
+
+
+def find_account_or_character(name):
+    """The account of that name (first), else the object (character) of that key; None if neither."""
+    from evennia.accounts.models import AccountDB
+    from evennia.objects.models import ObjectDB
+
+    return (AccountDB.objects.filter(username__iexact=name).first()
+            or ObjectDB.objects.filter(db_key__iexact=name).first())
+
+
+def is_account(obj):
+    from evennia.accounts.models import AccountDB
+
+    return isinstance(obj, AccountDB)
 
 
 def in_thread(function, *args):

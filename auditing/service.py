@@ -483,11 +483,5 @@ hooks.on_setting_changed(_on_setting_changed)
 
 def start_with_server():
     """Called when `auditing.server` is imported: start now inside a running server process."""
-    try:
-        import evennia
-
-        in_server = evennia.EVENNIA_SERVER_SERVICE is not None
-    except Exception:
-        in_server = False
-    if in_server and hooks.reactor_running() and current().error == NOT_STARTED:
+    if hooks.in_server_process() and current().error == NOT_STARTED:
         start()

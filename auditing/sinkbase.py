@@ -12,16 +12,9 @@ offer `take_losses()`, `stats()` and `limits` (see `Sink`).
 
 def report(level, message):
     """One line in Evennia's server log ("err", "warn" or "info"); stderr outside a server."""
-    try:
-        from evennia.utils import logger
+    from . import hooks
 
-        {"err": logger.log_err, "warn": logger.log_warn, "info": logger.log_info}[level](
-            f"auditing: {message}"
-        )
-    except Exception:
-        import sys
-
-        print(f"auditing: {message}", file=sys.stderr)
+    hooks.log(level, message)
 
 
 class SinkError(Exception):
