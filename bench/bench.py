@@ -1044,6 +1044,7 @@ def report(args, lines_header, variants, results, skipped, sustained, parts, scr
             f"| {real['plain_us']:.1f} | {real['ours_us']:.1f} | {real['overhead_pct']:+.1f} % "
             f"| ≤ 3 %: {verdict} |"
         )
+        p("")
     if sustained:
         s = sustained
         p(
@@ -1058,7 +1059,8 @@ def report(args, lines_header, variants, results, skipped, sustained, parts, scr
         p("|---|---|---|---|---|---|")
         p(
             f"| {s['rate']:,.0f} | {s['lost']:,} | {s['wall']:.2f} | {s['cpu']:.2f} | {s['cpu_all']:.2f} | "
-            f"≥ 150,000/s, 0 lost, ≤ 5 µs: {'met' if s['rate'] >= 150_000 and s['lost'] == 0 and s['wall'] <= 5 else 'NOT met'} |"
+            f"≥ 150,000/s, 0 lost, game thread ≤ 2 µs (issue 10): "
+            f"{'met' if s['rate'] >= 150_000 and s['lost'] == 0 and s['wall'] <= 2 else 'NOT met'} |"
         )
         p(
             f"\nLost events announced by loss records in the trail (after stop): {s['loss_recorded']:,} in "
