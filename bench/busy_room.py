@@ -23,8 +23,9 @@ Then the audited game's trail is read back: every `say` of every round must be t
 and `--players` times as SND.
 
 `--profile N` (needs `pip install py-spy`): N more seconds of "on" rounds with py-spy sampling the
-audited server process; the report adds the functions with the most samples (own time, and time
-under auditing code) and the share per thread.
+audited server process (`--gil`: only the thread holding the interpreter lock is sampled); the
+report adds the share per thread and the functions with the most samples, whole process and
+auditing's own.
 
 Setup details that do not touch what is timed: the games use Django's MD5 password hasher (20
 account creations and logins per game in seconds instead of a minute), and the second game's
@@ -34,15 +35,12 @@ database is a copy of the first's, migrated once (before either started). Both g
 
 import argparse
 import collections
-import datetime
 import json
 import os
-import platform
 import re
 import selectors
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -53,6 +51,9 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
+sys.path.insert(0, HERE)
+
+import bench as bench_script  # noqa: E402  (bench/bench.py: the report header)
 
 from auditing.testing.clients import TelnetClient  # noqa: E402
 from auditing.testing.game import GameServer  # noqa: E402
@@ -88,7 +89,7 @@ class Room:
         return self.game.pids().get("server")
 
 
-def make_games(root, players_hint):
+def make_games(root):
     """Create both games; the second gets a copy of the first's migrated database."""
     off = GameServer(root, "room_off", session_class=None, audit=False, settings_extra=FAST_SETUP,
                      timeout=180)
@@ -327,7 +328,7 @@ def profile_on(room, seconds, commands, first_round):
     out = os.path.join(tempfile.mkdtemp(prefix="busy-room-prof-"), "stacks.txt")
     proc = subprocess.Popen(
         [py_spy, "record", "--pid", str(room.server_pid()), "--duration", str(int(seconds)),
-         "--rate", "250", "--format", "raw", "--threads", "--nonblocking", "--output", out],
+         "--rate", "250", "--format", "raw", "--threads", "--gil", "--nonblocking", "--output", out],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -406,33 +407,14 @@ def short(frame):
 
 
 def header():
-    model = "unknown"
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    from importlib.metadata import version
-
-    try:
-        commit = subprocess.run(["git", "-C", REPO, "describe", "--always", "--dirty"],
-                                capture_output=True, text=True, timeout=5).stdout.strip()
-    except Exception:  # noqa: BLE001 - a report without the commit is still a report
-        commit = "?"
+    """bench.py's lines (machine, versions, commit, date), plus the load the machine had."""
     try:
         load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
     except OSError:
         load = "?"
-    return [
-        f"- machine: {model}, {os.cpu_count()} cores, {platform.system()} {platform.release()}; "
-        f"load average at the end {load} (other work shares this machine; both games share it alike)",
-        f"- Python {platform.python_version()}, Evennia {version('evennia')}, auditing "
-        f"{version('evennia-auditing')} @ {commit}",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
-    ]
+    lines = bench_script.header()
+    lines[0] += f"; load average at the end {load} (other work shares this machine; both games alike)"
+    return lines
 
 
 def ms(value):
@@ -520,15 +502,15 @@ def report(args, rooms, trail, profile, elapsed, cut_short):
         p("")
     if profile:
         summary, reason, seconds = profile
-        p(f"## Where the audited server's time goes (py-spy, {seconds:g} s of \"on\" rounds, 250 Hz, "
-          f"all threads, idle samples excluded)")
+        p(f"## Where the audited server's interpreter time goes (py-spy --gil, {seconds:g} s of \"on\" "
+          f"rounds, 250 Hz: each sample is the thread holding the GIL, if any)")
         p("")
         if reason:
             p(f"Not profiled: {reason}")
         else:
             total = summary["total"] or 1
             audit = summary["audit_threads"]
-            p("Shares are of all non-idle samples of the audited server process. \"Auditing's\" = the "
+            p("Shares are of the samples in which a thread of the audited server held the GIL. \"Auditing's\" = the "
               "deepest `auditing/` frame is auditing's own work (not `super().data_in/data_out`, which is "
               "Evennia's).")
             p("")
@@ -579,7 +561,7 @@ def main():
     trail = profile = None
     try:
         log(f"games in {root}")
-        rooms = list(make_games(root, args.players))
+        rooms = list(make_games(root))
         start_games(rooms)
         off, on = rooms
         log(f"started: off pids {off.pids()}, on pids {on.pids()}")
