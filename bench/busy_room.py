@@ -610,6 +610,8 @@ def main():
         return 1
     text = report(args, rooms, trail, profile, time.monotonic() - started, cut_short)
     print(text)
+    if cut_short == "interrupted":  # a partial run does not replace the results of a whole one
+        return 130
     with open(out_path, "w", encoding="utf-8") as handle:
         handle.write(text)
     log(f"written to {os.path.relpath(out_path, REPO)}")
