@@ -402,12 +402,20 @@ def is_secret_key(key):
     return known
 
 
+_secret_commands = {}
+
+
 def is_secret_command(name):
-    """Is this top-level OOB command one that carries credentials (`connect`, `login`, ...)?"""
-    if not isinstance(name, str):
-        return False
-    joined = "".join(_words_of(name))
-    return joined in SECRET_COMMANDS or is_secret_key(name)
+    """Is this top-level OOB command one that carries credentials (`connect`, `login`, ...)?
+    (memoised like `is_secret_key`: every output line's options pass here)"""
+    known = _secret_commands.get(name)
+    if known is None:
+        known = isinstance(name, str) and (
+            "".join(_words_of(name)) in SECRET_COMMANDS or is_secret_key(name)
+        )
+        if len(_secret_commands) < 10_000:
+            _secret_commands[name] = known
+    return known
 
 
 def _between_markers(text, head, middle, tail_marks):
