@@ -19,11 +19,13 @@ colon (`%msg:2:$%`), as with every `syslog(3)` message.
 Only the standard library is used.
 """
 
+import collections
 import datetime
 import errno
 import os
 import select
 import socket
+import time
 
 from .sinkbase import Sink, SinkError
 
@@ -45,10 +47,15 @@ FACILITIES = {
 SEVERITY_INFO = 6
 DEFAULT_ADDRESS = "/dev/log"
 TRANSPORTS = ("unix", "udp", "tcp")
+# TCP: records sent within this many seconds before the server closed the connection are sent again
+# (at most RESEND_MAX of them). A running rsyslog reads its socket within milliseconds.
+RESEND_WINDOW = 1.0
+RESEND_MAX = 100_000
 
 
 def syslog_sink(
-    address=None, transport=None, facility="user", app_name="evennia-audit", hostname=None
+    address=None, transport=None, facility="user", app_name="evennia-audit", hostname=None,
+    resend_window=None,
 ):
     """Build the syslog sink for the `AUDIT_SYSLOG` options.
 
@@ -59,6 +66,8 @@ def syslog_sink(
         facility (str): A key of `FACILITIES`.
         app_name (str): APP-NAME (the program name / tag) of every message.
         hostname (str or None): HOSTNAME of RFC 5424 messages (default: `socket.gethostname()`).
+        resend_window (float or None): TCP: seconds of records sent again after the server closed
+            the connection (default RESEND_WINDOW; 0: the last batch only).
 
     Returns:
         SyslogSink: Not yet connected; it connects on the first write.
@@ -66,7 +75,7 @@ def syslog_sink(
     Raises:
         ValueError: For a facility, transport or address it cannot use.
     """
-    return SyslogSink(address, transport, facility, app_name, hostname)
+    return SyslogSink(address, transport, facility, app_name, hostname, resend_window=resend_window)
 
 
 def _printable(text, limit, extra=""):
@@ -105,8 +114,10 @@ class SyslogSink(Sink):
         "error; nothing is lost unseen)",
         "udp": "udp: loss is unknowable beyond ICMP errors; to this host a stopped receiver is "
         "detected and retried, to a remote host a datagram lost on the way is counted delivered",
-        "tcp": "tcp: delivered = accepted by the kernel; the last batch is sent again when the "
-        "server closed the connection (a possible duplicate, same conn and seq, never a silent loss)",
+        "tcp": "tcp: delivered = accepted by the kernel; what was sent in the last 1 s is sent again "
+        "when the server closed the connection (duplicates possible, same conn and seq); plain TCP "
+        "syslog has no acknowledgement, so a server that kept records unread longer than that "
+        "before it stopped can lose them unseen",
     }
 
     def __init__(
@@ -117,6 +128,7 @@ class SyslogSink(Sink):
         app_name="evennia-audit",
         hostname=None,
         timeout=5.0,
+        resend_window=None,
     ):
         if facility not in FACILITIES:
             raise ValueError(f"unknown syslog facility {facility!r}; known: {sorted(FACILITIES)}")
@@ -148,7 +160,11 @@ class SyslogSink(Sink):
         self._sock = None
         self._poll = None
         self._sent = 0  # records of the current batch sent so far, when a send fails
-        self._unconfirmed = []  # TCP: the last batch sent, resent if the server closed after it
+        # TCP: what was sent in the last RESEND_WINDOW seconds, (time, record), resent if the server
+        # closed the connection: plain TCP syslog has no acknowledgement, and a server that stops
+        # loses what it had not read yet without an error.
+        self._unconfirmed = collections.deque()
+        self.resend_window = RESEND_WINDOW if resend_window is None else resend_window
         self._resend = []  # ... until a write succeeds
 
     # -- connection -------------------------------------------------------------------------------
@@ -248,12 +264,18 @@ class SyslogSink(Sink):
         """
         if not records:
             return
-        if self._sock is not None and self._poll is not None and self._peer_closed():
-            # The server closed the connection after our last write (a restart): what it had not
-            # yet processed is gone without an error. Send the last batch again: an audit trail
-            # prefers a duplicate (same conn and seq) to a silent loss.
-            self._resend = self._unconfirmed
-            self._close_socket()
+        now = time.monotonic()
+        if self._sock is not None and self._poll is not None:
+            if self._peer_closed():
+                # The server closed the connection after our last writes (a restart): what it had
+                # not yet processed is gone without an error. Send again all that went out in the
+                # last RESEND_WINDOW seconds: an audit trail prefers duplicates (same conn and seq;
+                # `evennia-audit verify` reports them as resent) to a silent loss.
+                self._resend = [record for _, record in self._unconfirmed]
+                self._unconfirmed.clear()
+                self._close_socket()
+            else:
+                self._forget_confirmed(now)
         resend = self._resend
         batch = resend + list(records)
         self._sent = 0
@@ -268,7 +290,9 @@ class SyslogSink(Sink):
                 else:
                     self._send_datagrams(head, batch, self._sent)
                 if self.transport == "tcp":
-                    self._unconfirmed, self._resend = list(records), []
+                    self._unconfirmed.extend((now, record) for record in batch)
+                    self._resend = []
+                    self._forget_confirmed(now)
                 return
             except Exception as err:
                 if isinstance(err, OSError) and err.errno == errno.EMSGSIZE:
@@ -287,6 +311,12 @@ class SyslogSink(Sink):
                     f"syslog {self.where}: {type(err).__name__}: {err}",
                     max(0, self._sent - len(resend)),
                 ) from err
+
+    def _forget_confirmed(self, now):
+        """Records sent more than RESEND_WINDOW seconds ago on a connection still open: taken."""
+        unconfirmed = self._unconfirmed
+        while unconfirmed and (now - unconfirmed[0][0] > self.resend_window or len(unconfirmed) > RESEND_MAX):
+            unconfirmed.popleft()
 
     def flush(self):
         """Nothing to do: every `write` sends at once."""

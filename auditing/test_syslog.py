@@ -214,7 +214,8 @@ class SyslogFailureTest(unittest.TestCase):
         ]
         batch_ids = [list(range(start, start + size)) for start in range(0, total, size)]
         stop_after, down_batches = 40, 4  # batches 0..39 up, 40..43 while down, 44.. after restart
-        sink = syslog_sink(("127.0.0.1", self.server.tcp_port), transport="tcp")
+        # resend_window=0: the last batch only, so that what is resent is known exactly here.
+        sink = syslog_sink(("127.0.0.1", self.server.tcp_port), transport="tcp", resend_window=0)
         self.addCleanup(sink.close)
         delivered, undelivered = [], []
         for index, (batch, ids) in enumerate(zip(batches, batch_ids)):
@@ -262,6 +263,25 @@ class SyslogFailureTest(unittest.TestCase):
         self.assertEqual(missing, set(), "records lost silently (the last batch is resent)")
         self.assertEqual(set(received) | set(undelivered), set(range(total)))
 
+    def test_tcp_resends_what_went_out_in_the_window(self):
+        """Two batches sent, then the server stops before reading them: both are sent again (the
+        last batch alone would lose the first), nothing older is."""
+        sink = syslog_sink(("127.0.0.1", self.server.tcp_port), transport="tcp", resend_window=5.0)
+        self.addCleanup(sink.close)
+        sink.write([self.record(n) for n in range(0, 10)])
+        self.assertEqual(len(self.wait_ids(10)), 10)
+        # The first batch went out 10 s ago: outside the window, it is not sent again.
+        sink._unconfirmed = type(sink._unconfirmed)((when - 10, record) for when, record in sink._unconfirmed)
+        sink.write([self.record(n) for n in range(10, 20)])
+        sink.write([self.record(n) for n in range(20, 30)])
+        self.server.stop()
+        self.server.start()
+        sink.write([self.record(n) for n in range(30, 40)])
+        received = self.wait_ids(40, timeout=10)
+        self.assertEqual(set(received), set(range(40)), "nothing lost")
+        duplicates = {n for n in received if received.count(n) > 1}
+        self.assertLessEqual(duplicates, set(range(10, 30)), "only what went out in the window is resent")
+
     def test_tcp_restart_while_streaming(self):
         """rsyslogd restarts (another thread) while records stream; failed parts are retried.
 
@@ -269,7 +289,7 @@ class SyslogFailureTest(unittest.TestCase):
         restart began and before the sink could see the server had gone.
         """
         total, size = 2000, 20
-        sink = syslog_sink(("127.0.0.1", self.server.tcp_port), transport="tcp")
+        sink = syslog_sink(("127.0.0.1", self.server.tcp_port), transport="tcp", resend_window=0)
         self.addCleanup(sink.close)
         go, stopped = threading.Event(), threading.Event()
 
