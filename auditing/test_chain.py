@@ -18,6 +18,8 @@ import orjson
 from django.test import override_settings
 from evennia.utils.test_resources import EvenniaTest
 
+from auditing.testing.base import TempTrailMixin
+
 from auditing import FORMAT_VERSION, conf
 from auditing.chain import (
     STATE_NAME, ChainingSink, SealKey, chain_value, chained_line, derive, evolve, key_id, seal_mac,
@@ -467,7 +469,7 @@ class TestTampering(TrailTest):
         self.assertIn("MAC", report["problems"][0]["detail"])
 
 
-class TestThroughThePipeline(EvenniaTest):
+class TestThroughThePipeline(TempTrailMixin, EvenniaTest):
     """The settings, `outputs.to_file` and the pipeline's writer thread: what a game runs."""
 
     def seals(self, directory):

@@ -33,6 +33,8 @@ from unittest import mock
 from django.test import override_settings
 from evennia.utils.test_resources import EvenniaTest
 
+from auditing.testing.base import TempTrailMixin
+
 from . import conf, spill
 from .event import RCV, capture
 from .pipeline import Pipeline
@@ -154,7 +156,7 @@ class FaultMixin:
         return texts, stated
 
 
-class FaultCase(FaultMixin, EvenniaTest):
+class FaultCase(FaultMixin, TempTrailMixin, EvenniaTest):
     """With a real Evennia session (`self.session`) as the events' connection."""
 
 

@@ -39,6 +39,7 @@ from . import conf
 from .event import RCV, SND, capture
 from .pipeline import Pipeline
 from .testing import requires_servers
+from .testing.base import TempTrailMixin
 from .testing.game import AUDITED_SESSION_CLASS
 
 try:
@@ -358,7 +359,7 @@ class TestSettingsBlock(unittest.TestCase):
 
 
 @unittest.skipUnless(IN_CHECKOUT, NOT_IN_CHECKOUT)
-class TestCallbackExample(EvenniaTest):
+class TestCallbackExample(TempTrailMixin, EvenniaTest):
     """The README's callback, as AUDIT_CALLBACK of a real Pipeline, gets every kind of record."""
 
     def example(self):
