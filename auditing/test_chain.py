@@ -472,6 +472,8 @@ class TestTampering(TrailTest):
 class TestThroughThePipeline(TempTrailMixin, EvenniaTest):
     """The settings, `outputs.to_file` and the pipeline's writer thread: what a game runs."""
 
+    start_service = False  # it builds its own pipelines (a service would restart on its overrides)
+
     def seals(self, directory):
         return [r for r, _ in Reader(directory) if r.get("kind") == "seal"] if os.path.isdir(directory) else []
 

@@ -157,7 +157,17 @@ class FaultMixin:
 
 
 class FaultCase(FaultMixin, TempTrailMixin, EvenniaTest):
-    """With a real Evennia session (`self.session`) as the events' connection."""
+    """With a real Evennia session (`self.session`) as the events' connection.
+
+    No audit service runs here: these tests build their own pipelines, and a running service would
+    restart on their settings overrides and write to their directories too.
+    """
+
+    start_service = False
+
+    def setUp(self):
+        super().setUp()
+        self.session.audit_conn = "fault-test-conn"
 
 
 # ---------------------------------------------------------------------------- queue full

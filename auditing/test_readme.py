@@ -362,6 +362,8 @@ class TestSettingsBlock(unittest.TestCase):
 class TestCallbackExample(TempTrailMixin, EvenniaTest):
     """The README's callback, as AUDIT_CALLBACK of a real Pipeline, gets every kind of record."""
 
+    start_service = False  # it builds its own pipelines (a service would restart on its overrides)
+
     def example(self):
         (block,) = readme_blocks("callback")
         module = types.ModuleType("readme_callback_example")

@@ -692,6 +692,8 @@ class FlakyOutput:
 
 
 class TestPipelineFailures(TempTrailMixin, EvenniaTest):
+    start_service = False  # it builds its own pipelines (a service would restart on its overrides)
+
     def pipeline(self, queue_size=1000, callback=None):
         with override_settings(AUDIT_CALLBACK=callback or Collector(), AUDIT_QUEUE_SIZE=queue_size):
             config = conf.load()
@@ -924,6 +926,8 @@ class TestLifecycle(AuditTestCase):
 
 
 class TestLossRecords(TempTrailMixin, EvenniaTest):
+    start_service = False  # it builds its own pipeline (a service would restart on its overrides)
+
     def test_loss_record_written_even_when_no_event_follows(self):
         directory = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, directory)
