@@ -1161,7 +1161,7 @@ class FollowTests(unittest.TestCase):
         self.assertEqual([r["text"] for r in map(orjson.loads, out.splitlines())], ["line 0"])
 
 
-# The README's logrotate recipe (docs/readme-cli.md), with the log directory filled in.
+# The README's logrotate recipe (README.md, "Keeping the trail with logrotate"), with the log directory filled in.
 LOGROTATE_RECIPE = """\
 {dir}/audit_*.log {{
     daily
