@@ -100,10 +100,21 @@ def _plain_objects(when, sparse):
 class Pipeline:
     """Queue, writer thread and failure policy for one configuration.
 
+    With `AUDIT_WRITER = "process"` and a built-in output, `Pipeline(config)` is a
+    `procdelivery.ProcessPipeline`: the same game-thread part, the writing in a child process.
+
     Args:
         config (conf.AuditConfig): the validated settings.
         clock (callable): epoch seconds (injectable for tests).
     """
+
+    def __new__(cls, config, clock=time.time):
+        if (cls is Pipeline and getattr(config, "writer", "thread") == "process"
+                and getattr(config.callback, "make_sink", None) is not None):
+            from .procdelivery import ProcessPipeline  # custom callbacks need live objects: here
+
+            return super().__new__(ProcessPipeline)
+        return super().__new__(cls)
 
     def __init__(self, config, clock=time.time):
         self.config = config
