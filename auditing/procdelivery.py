@@ -234,11 +234,13 @@ class ProcessPipeline(Pipeline):
             self._send_controls()
             for _number, _events, _drops, blob in list(self._unacked):
                 writerproc.send(child.stdin, blob)
-        except OSError as error:
+        except OSError as error:  # the child died at once: started again after the back-off
             self._restart_at = now + self._backoff
             self._backoff = min(self._backoff * 2, _BACKOFF_MAX)
             _log("err", f"audit writer process could not be started: {error}; trying again")
             return False
+        _log("info", f"audit writer process {child.pid} started ({self.config.callback_path}; "
+             f"{len(self._unacked)} unacknowledged batches resent)")
         return True
 
     def _child_ended(self):
