@@ -11,7 +11,9 @@ alternating rounds, on a real `Pipeline` writing through `to_file` to a temporar
 2. game thread in the flood: the wall time this thread spent per event on `capture` + `submit`
    while the writer (thread mode) or the feeder (process mode) works beside it, and the same loop
    with no writer running (the floor);
-3. memory per queued event: tracemalloc over the captured tuples in the deque (the game-side queue,
+3. CPU per event in the game's process (all its threads) and, in process mode, in the child: the
+   work under the game's interpreter lock, whatever the machine's load does to wall-clock rates;
+4. memory per queued event: tracemalloc over the captured tuples in the deque (the game-side queue,
    the same in both modes), and in process mode the marshal'd batch kept until acknowledged.
 
 Prints a markdown table (paste it into bench/results-writerproc-*.md).
@@ -79,15 +81,30 @@ def one_round(session, work, writer, events):
         while not pipeline._child_alive() and time.monotonic() < deadline:
             time.sleep(0.01)
     gc.collect()
+    child = pipeline._child if writer == "process" else None
+    child_before = child_cpu(child)
+    cpu_before = time.process_time()
     started = time.perf_counter()
     game_seconds = flood(session, pipeline.submit, events)
     assert pipeline.flush(600), pipeline.stats()
     elapsed = time.perf_counter() - started
+    game_process_cpu = time.process_time() - cpu_before
+    child_seconds = child_cpu(child) - child_before
     stats = pipeline.stats()
     pipeline.stop()
     lines = count_lines(directory)
     return {"rate": events / elapsed, "game_us": game_seconds / events * 1e6,
-            "lost": stats["lost"], "lines": lines}
+            "game_process_cpu_us": game_process_cpu / events * 1e6,
+            "child_cpu_us": child_seconds / events * 1e6, "lost": stats["lost"], "lines": lines}
+
+
+def child_cpu(child):
+    """CPU seconds (user + system) the child process used so far (Linux /proc)."""
+    if child is None:
+        return 0.0
+    with open(f"/proc/{child.pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def floor_us(session, events):
@@ -165,6 +182,10 @@ def main():
         print(f"| {writer}: lost over all rounds; lines per round | {lost} lost; {lines} | | |")
     print(f"| game thread in the flood (`capture` + `submit`) | {med('thread', 'game_us'):.2f} µs/event | "
           f"{med('process', 'game_us'):.2f} µs/event | ≤ 2 µs |")
+    print(f"| CPU in the game's process (all its threads: game + writer or feeder) | "
+          f"{med('thread', 'game_process_cpu_us'):.2f} µs/event | "
+          f"{med('process', 'game_process_cpu_us'):.2f} µs/event | |")
+    print(f"| CPU in the writer process | | {med('process', 'child_cpu_us'):.2f} µs/event | |")
     print(f"| same loop, nothing draining (floor) | {statistics.median(floors):.2f} µs/event | "
           f"{statistics.median(floors):.2f} µs/event | |")
     print(f"| memory per queued event (captured tuple in the deque) | {queued:.0f} bytes | "
