@@ -3,7 +3,7 @@
 
 What runs where:
 - game thread (unchanged): `capture` + `Pipeline.submit`, a bounded deque that gives up its oldest.
-- feeder thread (this process): takes batches from the deque, turns each captured tuple into plain
+- feeder thread (this process; `Pipeline`'s writer thread loop running `_drain` below): takes batches from the deque, turns each captured tuple into plain
   data (names of session, account, character and room read once per change per connection and
   second; keyword arguments that `marshal` refuses replaced by their repr, counted) and sends
   marshal'd batches to the child. It keeps every batch until the child acknowledges it.
@@ -189,6 +189,7 @@ class ProcessPipeline(Pipeline):
         self._stopped_reply = None
         self._stopped_event = threading.Event()
         self._after_stop = None
+        self._closed = False
         self._wake = threading.Event()
         self._lock = threading.RLock()  # one sender at a time (feeder thread, or stop/flush)
         self._stopping = False
@@ -219,6 +220,8 @@ class ProcessPipeline(Pipeline):
         """Start (or start again) the child; give it the state and the unacknowledged batches."""
         if self._child_alive():
             return True
+        if self._closed:  # stopped: the child ended as asked, none is started again
+            return False
         if self._child is not None:
             self._child_ended()
         now = time.monotonic()
@@ -312,17 +315,6 @@ class ProcessPipeline(Pipeline):
         while self._controls:
             writerproc.send(self._child.stdin, self._controls.popleft())
 
-    def _run(self):
-        while True:
-            self._wake.wait(self.interval)
-            self._wake.clear()
-            try:
-                self._drain()
-            except Exception as error:  # never let the feeder die
-                _log("err", f"audit writer error: {type(error).__name__}: {error}")
-            if self._stopping:
-                return
-
     def _drain(self, limit=True):
         """Send what is queued (at most `AUDIT_QUEUE_SIZE` events unacknowledged when `limit`)."""
         with self._lock:
@@ -387,6 +379,7 @@ class ProcessPipeline(Pipeline):
                     child.kill()
             else:
                 self._spill_here(child)
+            self._closed = True
         self.submit = self._submit_after_stop
 
     def _spill_here(self, child):
