@@ -178,6 +178,9 @@ class ProcessPipeline(Pipeline):
         self._feeder = Feeder()
         self._controls = collections.deque()  # messages sent before the next batch
         self._unacked = collections.deque()  # (number, events, drops, message bytes)
+        self._unacked_lock = threading.Lock()  # the feeder appends, the reply thread pops
+        self._flight_events = 0  # events in `_unacked`
+        self._flight_drops = 0  # drops sent with them, not yet counted by the child
         self._next_number = 1
         self._child = None
         self._child_stats = {}
@@ -235,7 +238,9 @@ class ProcessPipeline(Pipeline):
                 writerproc.send(child.stdin, ("import", conn, data))
             self._child = child
             self._send_controls()
-            for _number, _events, _drops, blob in list(self._unacked):
+            with self._unacked_lock:
+                blobs = [entry[3] for entry in self._unacked]
+            for blob in blobs:
                 writerproc.send(child.stdin, blob)
         except OSError as error:  # the child died at once: started again after the back-off
             self._restart_at = now + self._backoff
@@ -287,9 +292,13 @@ class ProcessPipeline(Pipeline):
     def _acknowledged(self, number, stats, states, events):
         self._child_stats = stats
         self.builder.update(states)
-        unacked = self._unacked
-        while unacked and unacked[0][0] <= number:
-            self.processed += unacked.popleft()[1]
+        with self._unacked_lock:
+            unacked = self._unacked
+            while unacked and unacked[0][0] <= number:
+                _number, events, drops, _blob = unacked.popleft()
+                self._flight_events -= events
+                self._flight_drops -= drops
+                self.processed += events
         self._backoff = _BACKOFF_START
         if events:
             for event in events:
@@ -329,7 +338,15 @@ class ProcessPipeline(Pipeline):
                 self._wake.set()
 
     def _in_flight(self):
-        return sum(entry[1] for entry in self._unacked)
+        return self._flight_events
+
+    def _take_unacked(self):
+        """Every unacknowledged entry, oldest first, now no longer held (the stop accounts for them)."""
+        with self._unacked_lock:
+            entries = list(self._unacked)
+            self._unacked.clear()
+            self._flight_events = self._flight_drops = 0
+        return entries
 
     def _send_batch(self, batch):
         dropped = self.dropped - self._dropped_seen
@@ -343,7 +360,10 @@ class ProcessPipeline(Pipeline):
         number = self._next_number
         self._next_number += 1
         blob = self._feeder.batch(number, drops, batch)
-        self._unacked.append((number, len(batch), dropped if drops else 0, blob))
+        with self._unacked_lock:
+            self._unacked.append((number, len(batch), dropped if drops else 0, blob))
+            self._flight_events += len(batch)
+            self._flight_drops += dropped if drops else 0
         writerproc.send(self._child.stdin, blob)
 
     # ---------------------------------------------------------------- control
@@ -371,8 +391,8 @@ class ProcessPipeline(Pipeline):
             held = self._in_flight()
             wait = left + _STOP_GRACE + held / _SPILL_BUILD_RATE
             if child is not None and self._stopped_event.wait(wait):
-                self._unacked.clear()  # delivered, spilled or counted by the child
-                self.processed += held
+                # delivered, spilled or counted by the child
+                self.processed += sum(entry[1] for entry in self._take_unacked())
                 try:
                     child.wait(_STOP_GRACE)
                 except subprocess.TimeoutExpired:
@@ -389,7 +409,7 @@ class ProcessPipeline(Pipeline):
             child.wait()
         local = self._local_pipeline()
         stand_ins = writerproc.StandIns()
-        for _number, events, _drops, blob in self._unacked:
+        for _number, events, _drops, blob in self._take_unacked():
             _kind, _number, drops, whos, items = marshal.loads(blob)
             if drops:
                 local.dropped += drops[0]
@@ -397,7 +417,6 @@ class ProcessPipeline(Pipeline):
                 local.dropped_last = drops[2]
             local.queue.extend(writerproc.captured_from_plain(items, whos, stand_ins))
             self.processed += events
-        self._unacked.clear()
         _log("err", f"audit writer process did not finish within AUDIT_STOP_TIMEOUT; "
              f"{len(local.queue)} records it held are spilled by the server")
         local.stop(timeout=0)
@@ -430,7 +449,7 @@ class ProcessPipeline(Pipeline):
         if local is not None:
             for key in _SUMMED:
                 summed[key] += local.stats()[key]
-        in_flight_drops = sum(entry[2] for entry in self._unacked)
+        in_flight_drops = self._flight_drops
         return {
             "output": self.config.callback_path,
             "writer": "process",
