@@ -295,10 +295,10 @@ class ProcessPipeline(Pipeline):
         with self._unacked_lock:
             unacked = self._unacked
             while unacked and unacked[0][0] <= number:
-                _number, events, drops, _blob = unacked.popleft()
-                self._flight_events -= events
+                _number, count, drops, _blob = unacked.popleft()
+                self._flight_events -= count
                 self._flight_drops -= drops
-                self.processed += events
+                self.processed += count
         self._backoff = _BACKOFF_START
         if events:
             for event in events:

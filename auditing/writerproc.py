@@ -221,7 +221,10 @@ class WriterChild:
         self.stop_at = None
 
     def log(self, level, message):
-        self._send(("log", level, str(message)))
+        try:
+            self._send(("log", level, str(message)))
+        except OSError:  # the parent is gone: stderr is all there is
+            print(f"auditing: {message}", file=sys.stderr)
 
     def _send(self, message):
         with self._out_lock:
@@ -243,7 +246,10 @@ class WriterChild:
             if message[0] == "stop":
                 self._stop(message[1])
                 return
-            self.handle(message)
+            try:
+                self.handle(message)
+            except Exception as error:  # as the writer thread: never die of one batch
+                self.log("err", f"audit writer error: {type(error).__name__}: {error}")
 
     def handle(self, message):
         kind = message[0]
@@ -291,8 +297,11 @@ class WriterChild:
     def _stop(self, timeout):
         pipeline = self.pipeline
         pipeline.stop(timeout=max(0.0, timeout))
-        self._send(("stopped", self.stats(), self._states(list(pipeline.builder.states)
-                                                          + list(self.touched))))
+        try:
+            self._send(("stopped", self.stats(), self._states(list(pipeline.builder.states)
+                                                              + list(self.touched))))
+        except OSError:
+            pass  # the parent is gone: what was not delivered is in the spill file
 
 
 def _reader(stream, messages, child):
