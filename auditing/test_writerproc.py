@@ -9,6 +9,7 @@ the real file sink in a temporary directory, a real Evennia session as the event
 - a password prompt before a child restart still masks the answer typed after it (and its echo);
 - the game thread's part is unchanged (the same `submit`, the captured tuple queued as is);
 - the watch feed's observers get the scrubbed events back; custom callbacks stay in process;
+- a child that does not answer at stop is killed, and what it held is spilled by the server;
 - a real game with AUDIT_WRITER = "process", through a reload (`ProcessGameTest`, requires_servers).
 """
 
@@ -269,6 +270,29 @@ class TestFeedsBack(ProcessCase):
         self.assertEqual(following.stats()["from_spill"], spilled)
         texts = [r["text"] for r in read_trail(self.directory) if r.get("kind") == "io"]
         self.assertEqual(sorted(texts), sorted(f"say {n}" for n in range(5000)))
+
+
+    def test_child_that_does_not_answer_at_stop_is_killed_and_spilled_here(self):
+        """A stopped (SIGSTOP) child: the server kills it and spills what it held; nothing lost."""
+        pipeline = self.pipeline(AUDIT_FLUSH_INTERVAL=0.05).start()
+        for n in range(300):
+            self.say(pipeline, f"say {n}")
+        self.assertTrue(pipeline.flush(30))
+        child = pipeline._child
+        os.kill(child.pid, signal.SIGSTOP)
+        self.addCleanup(lambda: child.poll() is None and os.kill(child.pid, signal.SIGKILL))
+        for n in range(300, 700):
+            self.say(pipeline, f"say {n}")
+        with mock.patch("auditing.procdelivery._STOP_GRACE", 0.5):
+            pipeline.stop(0.2)
+        self.assertIsNotNone(child.poll(), "the child was not killed")
+        self.assertEqual(pipeline.stats()["spilled"], 400)
+        after_stop = capture(self.session, RCV, {"text": (["say 700"], {})})
+        pipeline.submit(after_stop)  # a record after the stop (disconnects at exit): written here
+        following = self.pipeline().start()
+        following.stop(10)
+        texts = [r["text"] for r in read_trail(self.directory) if r.get("kind") == "io"]
+        self.assertEqual(sorted(texts), sorted(f"say {n}" for n in range(701)))
 
 
 _PROCESS_SETTINGS = test_prompts.SETTINGS_EXTRA + '\nAUDIT_WRITER = "process"\n'
