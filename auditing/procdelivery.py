@@ -189,7 +189,6 @@ class ProcessPipeline(Pipeline):
         self._sent_watch = None
         self._restart_at = 0.0
         self._backoff = _BACKOFF_START
-        self._stopped_reply = None
         self._stopped_event = threading.Event()
         self._after_stop = None
         self._closed = False
@@ -230,6 +229,7 @@ class ProcessPipeline(Pipeline):
         now = time.monotonic()
         if now < self._restart_at:
             return False
+        child = None
         try:
             child = self._spawn()
             writerproc.send(child.stdin, ("config", writerproc.config_to_plain(self.config)))
@@ -243,6 +243,8 @@ class ProcessPipeline(Pipeline):
             for blob in blobs:
                 writerproc.send(child.stdin, blob)
         except OSError as error:  # the child died at once: started again after the back-off
+            if child is not None and self._child is None:
+                child.kill()
             self._restart_at = now + self._backoff
             self._backoff = min(self._backoff * 2, _BACKOFF_MAX)
             _log("err", f"audit writer process could not be started: {error}; trying again")
@@ -254,16 +256,17 @@ class ProcessPipeline(Pipeline):
     def _child_ended(self):
         """The child died: its counters so far are kept, its batches sent again by the next one."""
         child, self._child = self._child, None
+        code = child.poll()
+        if code is None:
+            child.kill()
+            code = child.wait()
+        child.reply_thread.join(5)  # its last acknowledgements first: they count
         for key in _SUMMED:
             self._base[key] += self._child_stats.get(key, 0) or 0
         self._child_stats = {}
         self.restarts += 1
         self._restart_at = time.monotonic() + self._backoff
         self._backoff = min(self._backoff * 2, _BACKOFF_MAX)
-        code = child.poll()
-        if code is None:
-            child.kill()
-            code = child.wait()
         _log("err", f"audit writer process ended (exit code {code}); it is started again and "
              f"given the {len(self._unacked)} batches it had not acknowledged")
 
@@ -286,7 +289,6 @@ class ProcessPipeline(Pipeline):
             elif kind == "stopped":
                 self._child_stats = message[1]
                 self.builder.update(message[2])
-                self._stopped_reply = message
                 self._stopped_event.set()
 
     def _acknowledged(self, number, stats, states, events):
