@@ -335,6 +335,10 @@ class ProcessPipeline(Pipeline):
                 self._send_controls()
                 while self.queue and (not limit or self._in_flight() < self.capacity):
                     self._send_batch(self._take_batch())
+                if self.dropped != self._dropped_seen:
+                    # Events given up while the child cannot take more: stated now, not with
+                    # the next batch (which a failing output may hold back for long).
+                    self._send_batch([])
             except OSError:  # the child died: its batches wait for the next one
                 self._child.gone = True
                 self._wake.set()
