@@ -109,11 +109,15 @@ class Pipeline:
     """
 
     def __new__(cls, config, clock=time.time):
-        if (cls is Pipeline and getattr(config, "writer", "thread") == "process"
-                and getattr(config.callback, "make_sink", None) is not None):
-            from .procdelivery import ProcessPipeline  # custom callbacks need live objects: here
+        if cls is Pipeline and getattr(config, "writer", "thread") == "process":
+            from . import outputs
 
-            return super().__new__(ProcessPipeline)
+            # Only the built-in outputs: the child names them by path; a custom callback (or a
+            # sink of a test) needs live objects or this process's state, so it is written here.
+            if config.callback is outputs.to_file or config.callback is outputs.to_syslog:
+                from .procdelivery import ProcessPipeline
+
+                return super().__new__(ProcessPipeline)
         return super().__new__(cls)
 
     def __init__(self, config, clock=time.time):

@@ -193,10 +193,12 @@ class TestGameThread(ProcessCase):
         self.assertEqual(pipeline.stats()["delivered"], 50)
 
     def test_custom_callback_stays_in_process(self):
-        with override_settings(AUDIT_CALLBACK="auditing.test_writerproc.keep", AUDIT_WRITER="process",
-                               AUDIT_LOG_DIR=self.directory):
-            config = conf.load()
-        self.assertIs(type(Pipeline(config)), Pipeline)
+        # A plain function, and a custom object with its own sink (`make_sink`): both in process.
+        for callback in ("auditing.test_writerproc.keep", "auditing.test_faults.FlakyOutput"):
+            with override_settings(AUDIT_CALLBACK=callback, AUDIT_WRITER="process",
+                                   AUDIT_LOG_DIR=self.directory):
+                config = conf.load()
+            self.assertIs(type(Pipeline(config)), Pipeline, callback)
 
     def test_bad_setting_refused(self):
         with override_settings(AUDIT_WRITER="fork"):
