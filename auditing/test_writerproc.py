@@ -58,6 +58,21 @@ def keep(event):
     """A custom AUDIT_CALLBACK (it gets live objects, so it runs in the game process)."""
 
 
+class _OwnSinkOutput:
+    """A custom output with its own sink (as tests and plugins make): written in this process."""
+
+    def __call__(self, event):
+        pass
+
+    def make_sink(self, config):
+        from .filesink import FileSink
+
+        return FileSink(config.log_dir)
+
+
+own_sink = _OwnSinkOutput()
+
+
 class ProcessCase(EvenniaTest):
     """A process-mode pipeline writing to a temporary directory."""
 
@@ -194,7 +209,7 @@ class TestGameThread(ProcessCase):
 
     def test_custom_callback_stays_in_process(self):
         # A plain function, and a custom object with its own sink (`make_sink`): both in process.
-        for callback in ("auditing.test_writerproc.keep", "auditing.test_faults.FlakyOutput"):
+        for callback in ("auditing.test_writerproc.keep", "auditing.test_writerproc.own_sink"):
             with override_settings(AUDIT_CALLBACK=callback, AUDIT_WRITER="process",
                                    AUDIT_LOG_DIR=self.directory):
                 config = conf.load()
