@@ -30,7 +30,6 @@ import threading
 import time
 
 from . import writerproc
-from .capture import CapturePolicy
 from .event import _ip, _token
 from .pipeline import _BACKOFF_MAX, _BACKOFF_START, _STOP_GRACE, Pipeline, _log
 from .scrub import Scrubber
@@ -158,20 +157,7 @@ class ProcessPipeline(Pipeline):
     """
 
     def __init__(self, config, clock=time.time):
-        self.config = config
-        self.clock = clock
-        self.queue = collections.deque()
-        self.capacity = config.queue_size
-        self.interval = config.flush_interval
-        self.stop_timeout = config.stop_timeout
-        self.accepted = 0  # game thread only
-        self.dropped = 0  # game thread only
-        self.dropped_first = None
-        self.dropped_last = None
-        self._dropped_seen = 0
-        self.processed = 0  # events of acknowledged batches
-        self.observers = []
-        self.policy = CapturePolicy(config)
+        self._init_queue(config, clock)  # `processed`: events of acknowledged batches
         self.sink = None
         self.builder = StateMirror(Scrubber(config.masks, config.prompt_masks), self._control)
         self.restarts = 0
@@ -192,12 +178,6 @@ class ProcessPipeline(Pipeline):
         self._stopped_event = threading.Event()
         self._after_stop = None
         self._closed = False
-        self._wake = threading.Event()
-        self._lock = threading.RLock()  # one sender at a time (feeder thread, or stop/flush)
-        self._stopping = False
-        self._deadline = None
-        self._thread = None
-        self.submit = self._submit
 
     # ---------------------------------------------------------------- child process
 
