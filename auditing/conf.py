@@ -72,6 +72,13 @@ Settings (all optional except `SERVER_SESSION_CLASS`, which switches auditing on
         Delete the files of days older than this many days (0: keep everything).
     AUDIT_COMPRESS_AFTER_DAYS = 0
         Gzip the files of days older than this many days (0: never).
+
+    # ---- where the built-in outputs' writer runs (auditing.procdelivery, auditing.writerproc)
+    AUDIT_WRITER = "thread"
+        "thread": `to_file`/`to_syslog` build, scrub, serialise and write on a writer thread of the
+        game's process. "process": they do it in a child process (`python -m auditing.writerproc`),
+        so that work never holds the game's interpreter lock; the game thread's part is unchanged.
+        Custom callbacks always run on the writer thread (they get live objects).
 """
 
 import dataclasses
@@ -112,7 +119,9 @@ DEFAULTS = {
     "AUDIT_SEAL_INTERVAL": 60,
     "AUDIT_RETENTION_DAYS": 0,
     "AUDIT_COMPRESS_AFTER_DAYS": 0,
+    "AUDIT_WRITER": "thread",
 }
+WRITERS = ("thread", "process")
 SYSLOG_DEFAULTS = {
     "address": None,
     "transport": None,
@@ -170,6 +179,7 @@ class AuditConfig:
     flagged: frozenset = frozenset()  # lower-case account names
     exclude_output: frozenset = frozenset()
     watch_notify: bool = False
+    writer: str = "thread"  # AUDIT_WRITER
 
 
 def command_lock():
@@ -367,7 +377,15 @@ def load():
         pid=os.getpid(),
         **chain_settings(),
         **capture_settings(),
+        writer=_writer(),
     )
+
+
+def _writer():
+    value = _setting("AUDIT_WRITER")
+    if value not in WRITERS:
+        _fail("AUDIT_WRITER", value, f"must be one of {', '.join(map(repr, WRITERS))}")
+    return value
 
 
 # ---------------------------------------------------------------- what is recorded

@@ -100,19 +100,53 @@ def serialize_parts(parts):
 class Pipeline:
     """Queue, writer thread and failure policy for one configuration.
 
+    With `AUDIT_WRITER = "process"` and a built-in output, `Pipeline(config)` is a
+    `procdelivery.ProcessPipeline`: the same game-thread part, the writing in a child process.
+
     Args:
         config (conf.AuditConfig): the validated settings.
         clock (callable): epoch seconds (injectable for tests).
     """
 
+    def __new__(cls, config, clock=time.time):
+        if cls is Pipeline and getattr(config, "writer", "thread") == "process":
+            from . import outputs
+
+            # Only the built-in outputs: the child names them by path; a custom callback (or a
+            # sink of a test) needs live objects or this process's state, so it is written here.
+            if config.callback is outputs.to_file or config.callback is outputs.to_syslog:
+                from .procdelivery import ProcessPipeline
+
+                return super().__new__(ProcessPipeline)
+        return super().__new__(cls)
+
     def __init__(self, config, clock=time.time):
-        self.config = config
-        self.clock = clock
+        self._init_queue(config, clock)
         self.builder = Builder(
             config,
             Scrubber(config.masks, config.prompt_masks),
             with_objects=getattr(config.callback, "make_sink", None) is None,
         )
+        self.delivered = 0  # events (not loss records) the output took
+        self.build_errors = 0
+        self.observed_only = 0  # writer thread only: built for scrubbing state, not recorded
+        self.observer_errors = 0
+        self.spilled = 0  # records written to a spill file at stop
+        self.from_spill = 0  # records of earlier spill files delivered (or counted lost) here
+        self.loss = LossTracker(lambda level, message: _log(level, message))
+        self._pending = collections.deque()  # (time, record, lost stated by it) not yet delivered
+        self._pending_cap = self.capacity
+        self._leftover = []  # built events a stop interrupted, in the writer's hands
+        self._spill_paths = []  # spill files being delivered; removed once they are
+        self._recovered = False
+        self._retry_at = 0.0
+        self._backoff = _BACKOFF_START
+        self._choose_delivery(config.callback)
+
+    def _init_queue(self, config, clock):
+        """The game thread's part and the writer loop's controls (shared with `ProcessPipeline`)."""
+        self.config = config
+        self.clock = clock
         self.queue = collections.deque()
         self.capacity = config.queue_size
         self.interval = config.flush_interval
@@ -123,28 +157,13 @@ class Pipeline:
         self.dropped_last = None
         self._dropped_seen = 0
         self.processed = 0  # writer thread only
-        self.delivered = 0  # events (not loss records) the output took
-        self.build_errors = 0
-        self.observed_only = 0  # writer thread only: built for scrubbing state, not recorded
-        self.observer_errors = 0
-        self.spilled = 0  # records written to a spill file at stop
-        self.from_spill = 0  # records of earlier spill files delivered (or counted lost) here
-        self.loss = LossTracker(lambda level, message: _log(level, message))
         self.policy = CapturePolicy(config)  # what is written (the service adds flagged accounts)
         self.observers = []  # given every scrubbed event (`observe`), then `batch_done` (the watch feed)
-        self._pending = collections.deque()  # (time, record, lost stated by it) not yet delivered
-        self._pending_cap = self.capacity
-        self._leftover = []  # built events a stop interrupted, in the writer's hands
-        self._spill_paths = []  # spill files being delivered; removed once they are
-        self._recovered = False
-        self._retry_at = 0.0
-        self._backoff = _BACKOFF_START
         self._wake = threading.Event()
         self._lock = threading.RLock()  # one batch at a time (writer thread, or stop/flush)
         self._stopping = False
         self._deadline = None
         self._thread = None
-        self._choose_delivery(config.callback)
         self.submit = self._submit
 
     # ---------------------------------------------------------------- set-up
