@@ -190,10 +190,10 @@ def main():
         game = bench.game_dir(args.game)
         bench.setup_django(game)
         bench.migrate()
-    from auditing import runtime
+    from auditing import service
     from auditing.server import AuditedServerSession
 
-    runtime._current = bench.IdleRuntime()
+    service._current = bench.idle_service()
     bench.patch_session_handler()
     _room, accounts = bench.get_or_create_world(["delivery"])
     account, char = accounts["delivery"]
