@@ -30,7 +30,7 @@ import threading
 import time
 
 from . import writerproc
-from .event import _ip, _token
+from .event import _ip, token as _token
 from .pipeline import _BACKOFF_MAX, _BACKOFF_START, _STOP_GRACE, Pipeline, _log
 from .scrub import Scrubber
 from .secrets import connection_key
