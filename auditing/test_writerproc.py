@@ -25,6 +25,8 @@ from unittest import mock
 from django.test import override_settings
 from evennia.utils.test_resources import EvenniaTest
 
+from auditing.testing.base import TempTrailMixin
+
 from . import conf, test_prompts
 from .event import RCV, SND, capture
 from .pipeline import _BATCH, Pipeline
@@ -73,11 +75,15 @@ class _OwnSinkOutput:
 own_sink = _OwnSinkOutput()
 
 
-class ProcessCase(EvenniaTest):
-    """A process-mode pipeline writing to a temporary directory."""
+class ProcessCase(TempTrailMixin, EvenniaTest):
+    """A process-mode pipeline writing to a temporary directory (no service: it builds its own
+    pipelines; sessions of our class whatever the game's settings say)."""
+
+    start_service = False
 
     def setUp(self):
         super().setUp()
+        self.session.audit_conn = "writerproc-test-conn"
         self.directory = tempfile.mkdtemp(prefix="audit-writerproc-")
         self.addCleanup(shutil.rmtree, self.directory, True)
 
