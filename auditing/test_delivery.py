@@ -34,7 +34,7 @@ import threading
 import time
 import unittest
 
-from auditing.testing.clients import ClientTimeout, TelnetClient
+from auditing.testing.clients import ClientTimeout, TelnetClient, log_in
 from auditing.testing.game import GameServer
 from auditing.testing.rsyslog import RsyslogServer
 from auditing.testing import requires_servers
@@ -165,14 +165,7 @@ class Player:
         return f"say {self.tag}-{n}"
 
     def login(self, create=True, timeout=30):
-        client = self.client
-        client.read_until("<password>", timeout=timeout)
-        if create:
-            client.send_line(f"create {self.name} {PASSWORD}")
-            client.read_until("[Y]/N?", timeout=timeout)
-            client.send_line("y")
-            client.read_until("was created", timeout=timeout)
-        client.send_line(f"connect {self.name} {PASSWORD}")
+        client = log_in(self.client, self.name, PASSWORD, create, timeout=timeout)
         client.read_until(re.compile(r"You become \S+"), timeout=timeout)
         client.read_available(0.2)
 
