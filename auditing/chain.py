@@ -548,6 +548,19 @@ class ChainingSink(Sink):
         finally:
             self.inner.close()
 
+    def abandon(self):
+        """Close as a crash would leave it: what is written stays, no final seal, state not clean.
+
+        For the writer process whose server died (kill -9): the server's unsent records are lost,
+        and the next start's `chain_start` makes `verify` say so."""
+        self._closed = True
+        try:
+            if self._started:
+                self._deliver_own()
+            self.flush()
+        finally:
+            self.inner.close()
+
     def __getattr__(self, name):
         # The pipeline and tests may look at the inner sink's attributes (directory, path_for...).
         if name == "inner":

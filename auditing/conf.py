@@ -74,7 +74,7 @@ Settings (all optional except `SERVER_SESSION_CLASS`, which switches auditing on
         Gzip the files of days older than this many days (0: never).
 
     # ---- where the built-in outputs' writer runs (auditing.procdelivery, auditing.writerproc)
-    AUDIT_WRITER = "thread"
+    AUDIT_WRITER = "process"
         "thread": `to_file`/`to_syslog` build, scrub, serialise and write on a writer thread of the
         game's process. "process": they do it in a child process (`python -m auditing.writerproc`),
         so that work never holds the game's interpreter lock; the game thread's part is unchanged.
@@ -119,7 +119,7 @@ DEFAULTS = {
     "AUDIT_SEAL_INTERVAL": 60,
     "AUDIT_RETENTION_DAYS": 0,
     "AUDIT_COMPRESS_AFTER_DAYS": 0,
-    "AUDIT_WRITER": "thread",
+    "AUDIT_WRITER": "process",
 }
 WRITERS = ("thread", "process")
 SYSLOG_DEFAULTS = {
@@ -179,7 +179,7 @@ class AuditConfig:
     flagged: frozenset = frozenset()  # lower-case account names
     exclude_output: frozenset = frozenset()
     watch_notify: bool = False
-    writer: str = "thread"  # AUDIT_WRITER
+    writer: str = "process"  # AUDIT_WRITER
 
 
 def command_lock():

@@ -532,11 +532,13 @@ class Pipeline:
             time.sleep(0.002)
         return self.processed + self.dropped >= target
 
-    def stop(self, timeout=None):
+    def stop(self, timeout=None, clean=True):
         """Deliver for at most `timeout` s (`AUDIT_STOP_TIMEOUT`), spill the rest, close the sink.
 
         Called at reactor shutdown (stop, reload, reboot). Returns within `timeout` plus, when a
         write or callback call is in progress at the deadline, up to `_STOP_GRACE` s for it to end.
+        `clean=False` (the writer process whose server died): the sink is closed as after a crash
+        (`abandon`: no final seal), so `verify` reports what the dead server still held.
         """
         if self._stopping:
             return
@@ -560,8 +562,9 @@ class Pipeline:
             if locked:
                 self._lock.release()
         if self.sink is not None:
+            close = self.sink.close if clean else getattr(self.sink, "abandon", self.sink.close)
             try:
-                self.sink.close()
+                close()
             except Exception as error:
                 _log("err", f"closing audit output: {error}")
         self.loss.end_episode(self.clock(), force=True)
@@ -635,6 +638,7 @@ class Pipeline:
         """
         return {
             "output": self.config.callback_path,
+            "writer": "thread",
             "accepted": self.accepted,
             "queued": len(self.queue),
             "retrying": len(self._pending),

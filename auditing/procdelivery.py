@@ -29,9 +29,9 @@ import sys
 import threading
 import time
 
-from . import writerproc
+from . import pipeline as pipeline_module, writerproc
 from .event import _ip, token as _token
-from .pipeline import _BACKOFF_MAX, _BACKOFF_START, _STOP_GRACE, Pipeline, _log
+from .pipeline import _BACKOFF_MAX, _BACKOFF_START, _STOP_GRACE, Pipeline
 from .scrub import Scrubber
 from .secrets import connection_key
 
@@ -40,6 +40,11 @@ _PLAIN = (str, int, float, bool, type(None), dict, list)
 _SUMMED = ("delivered", "lost", "stated_lost", "loss_records", "build_errors", "observed_only",
            "spilled", "from_spill")
 _SPILL_BUILD_RATE = 50_000  # events/s the child builds for the spill file at stop (conservatively)
+
+
+def _log(level, message):
+    """The pipeline's one log function, looked up per call (so both writers say things in one place)."""
+    pipeline_module._log(level, message)
 
 
 class StateMirror:
@@ -157,7 +162,7 @@ class ProcessPipeline(Pipeline):
     """
 
     def __init__(self, config, clock=time.time):
-        self._init_queue(config, clock)  # `processed`: events of acknowledged batches
+        self._init_queue(config, clock)  # `processed`: events of batches the child took (for `flush`)
         self.sink = None
         self.builder = StateMirror(Scrubber(config.masks, config.prompt_masks), self._control)
         self.restarts = 0
@@ -166,6 +171,8 @@ class ProcessPipeline(Pipeline):
         self._unacked = collections.deque()  # (number, events, drops, message bytes)
         self._unacked_lock = threading.Lock()  # the feeder appends, the reply thread pops
         self._flight_events = 0  # events in `_unacked`
+        self._taken = 0  # highest batch number the child took (handed to its output; maybe retrying)
+        self._taken_events = 0  # events in `_unacked` of batches the child took
         self._flight_drops = 0  # drops sent with them, not yet counted by the child
         self._next_number = 1
         self._child = None
@@ -264,6 +271,9 @@ class ProcessPipeline(Pipeline):
             kind = message[0]
             if kind == "ack":
                 self._acknowledged(*message[1:])
+            elif kind == "taken":
+                self._child_stats = message[2]
+                self._took(message[1])
             elif kind == "log":
                 _log(message[1], message[2])
             elif kind == "stopped":
@@ -271,16 +281,39 @@ class ProcessPipeline(Pipeline):
                 self.builder.update(message[2])
                 self._stopped_event.set()
 
+    def _took(self, number):
+        """The child handed batches up to `number` to its output (`flush` may return), some records
+        are in its retry buffer. The newest `AUDIT_QUEUE_SIZE` events of them stay held until
+        acknowledged: a child that dies gets them again. Its retry buffer holds no more (it gives
+        up its oldest, counted), so older ones are let go."""
+        with self._unacked_lock:
+            unacked = self._unacked
+            for entry_number, count, drops, _blob in unacked:
+                if self._taken < entry_number <= number:
+                    self.processed += count
+                    self._taken_events += count
+                    self._flight_drops -= drops  # the child counted them
+            self._taken = max(self._taken, number)
+            while unacked and unacked[0][0] <= self._taken \
+                    and self._taken_events - unacked[0][1] >= self.capacity:
+                _number, count, _drops, _blob = unacked.popleft()
+                self._taken_events -= count
+                self._flight_events -= count
+
     def _acknowledged(self, number, stats, states, events):
         self._child_stats = stats
         self.builder.update(states)
         with self._unacked_lock:
             unacked = self._unacked
             while unacked and unacked[0][0] <= number:
-                _number, count, drops, _blob = unacked.popleft()
+                entry_number, count, drops, _blob = unacked.popleft()
                 self._flight_events -= count
-                self._flight_drops -= drops
-                self.processed += count
+                if entry_number <= self._taken:
+                    self._taken_events -= count
+                else:
+                    self.processed += count
+                    self._flight_drops -= drops
+            self._taken = max(self._taken, number)
         self._backoff = _BACKOFF_START
         if events:
             for event in events:
@@ -313,7 +346,7 @@ class ProcessPipeline(Pipeline):
                 return
             try:
                 self._send_controls()
-                while self.queue and (not limit or self._in_flight() < self.capacity):
+                while self.queue and (not limit or self._in_flight() - self._taken_events < self.capacity):
                     self._send_batch(self._take_batch())
                 if self.dropped != self._dropped_seen:
                     # Events given up while the child cannot take more: stated now, not with
@@ -327,11 +360,13 @@ class ProcessPipeline(Pipeline):
         return self._flight_events
 
     def _take_unacked(self):
-        """Every unacknowledged entry, oldest first, now no longer held (the stop accounts for them)."""
+        """Every unacknowledged entry, oldest first, now no longer held (the stop accounts for them:
+        they count as processed)."""
         with self._unacked_lock:
             entries = list(self._unacked)
             self._unacked.clear()
-            self._flight_events = self._flight_drops = 0
+            self.processed += sum(entry[1] for entry in entries if entry[0] > self._taken)
+            self._flight_events = self._flight_drops = self._taken_events = 0
         return entries
 
     def _send_batch(self, batch):
@@ -378,7 +413,7 @@ class ProcessPipeline(Pipeline):
             wait = left + _STOP_GRACE + held / _SPILL_BUILD_RATE
             if child is not None and self._stopped_event.wait(wait):
                 # delivered, spilled or counted by the child
-                self.processed += sum(entry[1] for entry in self._take_unacked())
+                self._take_unacked()
                 try:
                     child.wait(_STOP_GRACE)
                 except subprocess.TimeoutExpired:
@@ -395,14 +430,13 @@ class ProcessPipeline(Pipeline):
             child.wait()
         local = self._local_pipeline()
         stand_ins = writerproc.StandIns()
-        for _number, events, _drops, blob in self._take_unacked():
+        for _number, _events, _drops, blob in self._take_unacked():
             _kind, _number, drops, whos, items = marshal.loads(blob)
             if drops:
                 local.dropped += drops[0]
                 local.dropped_first = local.dropped_first or drops[1]
                 local.dropped_last = drops[2]
             local.queue.extend(writerproc.captured_from_plain(items, whos, stand_ins))
-            self.processed += events
         _log("err", f"audit writer process did not finish within AUDIT_STOP_TIMEOUT; "
              f"{len(local.queue)} records it held are spilled by the server")
         local.stop(timeout=0)
@@ -441,7 +475,8 @@ class ProcessPipeline(Pipeline):
             "writer": "process",
             "accepted": self.accepted,
             "queued": len(self.queue),
-            "retrying": self._in_flight() + (child.get("retrying", 0) or 0),
+            # sent and not yet taken by the child, plus the child's own retry buffer
+            "retrying": self._in_flight() - self._taken_events + (child.get("retrying", 0) or 0),
             "delivered": summed["delivered"],
             "lost": summed["lost"] + in_flight_drops + (self.dropped - self._dropped_seen),
             "dropped_oldest": self.dropped,

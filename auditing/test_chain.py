@@ -8,6 +8,7 @@ that `evennia-audit verify` says exactly where, and that a clean trail verifies.
 import contextlib
 import io
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -477,19 +478,28 @@ class TestThroughThePipeline(TempTrailMixin, EvenniaTest):
     def seals(self, directory):
         return [r for r, _ in Reader(directory) if r.get("kind") == "seal"] if os.path.isdir(directory) else []
 
+    def test_settings_reload_and_the_seal_timer_in_the_writer_process(self):
+        self.check_settings_reload_and_the_seal_timer("process")
+
     def test_settings_reload_and_the_seal_timer_on_the_writer_thread(self):
+        self.check_settings_reload_and_the_seal_timer("thread")
+
+    def check_settings_reload_and_the_seal_timer(self, writer):
         root = tempfile.mkdtemp(prefix="audit-chain-")
         self.addCleanup(shutil.rmtree, root, True)
         log_dir, key_file = os.path.join(root, "logs"), os.path.join(root, "server", "audit_seal.key")
         initial = SealKey.create(key_file)
         with override_settings(AUDIT_CALLBACK="auditing.outputs.to_file", AUDIT_LOG_DIR=log_dir,
-                               AUDIT_SEAL_KEY_FILE=key_file, AUDIT_SEAL_INTERVAL=0.05, AUDIT_FLUSH_INTERVAL=0.01):
+                               AUDIT_SEAL_KEY_FILE=key_file, AUDIT_SEAL_INTERVAL=0.05, AUDIT_FLUSH_INTERVAL=0.01,
+                               AUDIT_WRITER=writer):
             config = conf.load()
         self.assertEqual((config.chain, config.seal_interval, config.seal_key_file), (True, 0.05, key_file))
         for run in range(2):  # a reload in between: the chain and the key carry over
             pipeline = Pipeline(config).start()
             self.addCleanup(pipeline.stop)
-            self.assertIsInstance(pipeline.sink, ChainingSink)
+            self.assertEqual(pipeline.stats()["writer"], writer)
+            if writer == "thread":  # in process mode the chaining sink lives in the child
+                self.assertIsInstance(pipeline.sink, ChainingSink)
             before = len(self.seals(log_dir))
             for index in range(30):
                 pipeline.submit(capture(self.session, RCV, {"text": ([f"say {run}-{index}"], {})}))
@@ -585,6 +595,15 @@ class TestRsyslog(TrailTest):
         self.assertGreater(report["seals"], 10)
 
 
+def _alive(pid):
+    """Is `pid` a live process (not a zombie)?"""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 @requires_servers
 class TestRealGame(unittest.TestCase):
     """A real Evennia game: a reload, the writer's own seals, a kill -9 of the server, a restart."""
@@ -603,7 +622,15 @@ class TestRealGame(unittest.TestCase):
         game.reload()  # a clean stop: sealed at close, the chain continues
         game.probe()
         time.sleep(2.5)  # the writer seals on its own clock
+        with open(game.server_log, encoding="utf-8", errors="replace") as handle:
+            children = [int(pid) for pid in re.findall(r"audit writer process (\d+) started", handle.read())]
+        self.assertTrue(children, "no writer process started (AUDIT_WRITER defaults to a child process)")
         os.kill(game.pids()["server"], signal.SIGKILL)
+        # The writer process sees its pipe end, writes what it holds and ends too: no orphan.
+        deadline = time.monotonic() + 15
+        while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.assertFalse([pid for pid in children if _alive(pid)], "writer process outlived its server")
         game.stop()
         game.start()
         game.probe()

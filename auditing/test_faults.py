@@ -132,8 +132,12 @@ class FaultMixin:
         self.addCleanup(shutil.rmtree, self.directory, True)
         self.produced = 0
 
+    writer = None  # AUDIT_WRITER for the pipelines built here (None: the default)
+
     def pipeline(self, callback, clock=None, start=False, **audit):
         audit.setdefault("AUDIT_LOG_DIR", self.directory)
+        if self.writer is not None:
+            audit.setdefault("AUDIT_WRITER", self.writer)
         with override_settings(AUDIT_CALLBACK=callback, **audit):
             config = conf.load()
         pipeline = Pipeline(config, clock=clock or time.time)
@@ -410,7 +414,10 @@ class TestBoundedStop(FaultCase):
 
 
 class TestFileRepairAndRefusals(FaultCase):
+    """The file sink through `Pipeline("auditing.outputs.to_file")`: the default writer (a child process)."""
+
     day = "2026-09-21"
+    expected_writer = "process"
     now = 1_790_000_000.0  # in that day
 
     def trail_path(self):
@@ -419,8 +426,9 @@ class TestFileRepairAndRefusals(FaultCase):
     def write_with_pipeline(self, count):
         clock = FakeClock(self.now)
         pipeline = self.pipeline("auditing.outputs.to_file", clock=clock)
+        self.assertEqual(pipeline.stats()["writer"], self.expected_writer)
         self.produce(pipeline, count, clock)
-        pipeline.flush()
+        self.assertTrue(pipeline.flush())
         return pipeline
 
     def test_record_cut_by_a_crash_is_removed_at_start_and_counted(self):
@@ -444,7 +452,7 @@ class TestFileRepairAndRefusals(FaultCase):
                    b'a line of neither format\n')
         with open(self.trail_path(), "wb") as handle:
             handle.write(contrib)
-        with mock.patch("auditing.sinkbase.report", create=True) as report:
+        with mock.patch("auditing.hooks.log") as report:
             self.write_with_pipeline(2)
         # Every line of every file parses: the contrib's records became JSON Lines, marked legacy.
         records = read_trail(self.directory)
@@ -454,7 +462,7 @@ class TestFileRepairAndRefusals(FaultCase):
         self.assertEqual(legacy[2]["raw"], "a line of neither format")
         self.assertEqual([r["text"] for r in records if not r.get("legacy")], ["say 0", "say 1"])
         self.assertTrue(os.path.exists(os.path.join(self.directory, f"audit_{self.day}.contrib.log")))
-        lines = [c.args[1] for c in report.call_args_list]
+        lines = [c.args[1] for c in report.call_args_list if self.trail_path() in c.args[1]]
         self.assertEqual(len(lines), 1, lines)
         self.assertIn("contrib.log", lines[0])
 
@@ -466,7 +474,7 @@ class TestFileRepairAndRefusals(FaultCase):
             handle.write(b"precious\n")
         os.chmod(target, 0o644)
         os.symlink(target, self.trail_path())
-        with mock.patch("auditing.sinkbase.report", create=True) as report:
+        with mock.patch("auditing.hooks.log") as report:
             pipeline = self.write_with_pipeline(2)
         with open(target, "rb") as handle:
             self.assertEqual(handle.read(), b"precious\n")
@@ -486,6 +494,12 @@ class TestFileRepairAndRefusals(FaultCase):
             path = spill.write(self.directory, [b'{"n":2}'])
         self.assertFalse(os.path.exists(os.path.join(self.directory, "victim")))
         self.assertEqual(spill.read(path), ([(mock.ANY, b'{"n":2}', 0)], 0))
+
+
+class TestFileRepairAndRefusalsThreadWriter(TestFileRepairAndRefusals):
+    """The same, written by the in-process writer thread (`AUDIT_WRITER = "thread"`)."""
+
+    writer = expected_writer = "thread"
 
 
 def _mount_tmpfs(directory, size="2m"):
@@ -526,6 +540,7 @@ class TestDiskFull(FaultCase):
     def test_disk_full_leaves_no_cut_record_and_accounts_exactly(self):
         pipeline = self.pipeline("auditing.outputs.to_file", start=True, AUDIT_LOG_DIR=self.mount,
                                  AUDIT_QUEUE_SIZE=2000, AUDIT_FLUSH_INTERVAL=0.05)
+        self.assertEqual(pipeline.stats()["writer"], self.writer or "process")
         with mock.patch("auditing.pipeline._log") as log:
             self.produce(pipeline, 100)
             self.assertTrue(pipeline.flush())
@@ -533,7 +548,7 @@ class TestDiskFull(FaultCase):
             for _ in range(40):  # 4,000 events while the disk is full: the retry buffer overflows
                 self.produce(pipeline, 100)
                 time.sleep(0.02)
-            self.assertTrue(pipeline.flush())
+            self.assertTrue(pipeline.flush(), pipeline.stats())
             self.assertTrue(pipeline.stats()["failing"])
             os.unlink(filler)
             deadline = time.monotonic() + 15
@@ -547,6 +562,12 @@ class TestDiskFull(FaultCase):
         failed = [line for line in log_lines(log, "err") if "failed" in line]
         self.assertEqual(len(failed), 1, log_lines(log))
         self.assertIn("No space left on device", failed[0])
+
+
+class TestDiskFullThreadWriter(TestDiskFull):
+    """The same, written by the in-process writer thread (`AUDIT_WRITER = "thread"`)."""
+
+    writer = "thread"
 
 
 # ---------------------------------------------------------------------------- syslog
@@ -578,6 +599,7 @@ class TestSyslogOutage(FaultCase):
             "auditing.outputs.to_syslog", start=True, AUDIT_FLUSH_INTERVAL=0.05,
             AUDIT_SYSLOG={"address": ("127.0.0.1", port), "transport": transport},
         )
+        self.assertEqual(pipeline.stats()["writer"], self.writer or "process")
         with mock.patch("auditing.pipeline._log") as log:
             for step in range(60):
                 if step == 15:
@@ -608,6 +630,12 @@ class TestSyslogOutage(FaultCase):
 
     def test_tcp_receiver_down_nothing_lost_unsaid(self):
         self.outage("tcp")
+
+
+class TestSyslogOutageThreadWriter(TestSyslogOutage):
+    """The same, written by the in-process writer thread (`AUDIT_WRITER = "thread"`)."""
+
+    writer = "thread"
 
 
 class TestSyslogUdpRefusal(unittest.TestCase):

@@ -157,6 +157,38 @@ class TestChildKilled(ProcessCase):
         self.assertLessEqual(sum(r["lost"] for r in records if r.get("kind") == "loss"), 1)
 
 
+class TestServerDied(ProcessCase):
+    def test_child_writes_what_it_received_ends_the_chain_as_a_crash_and_exits(self):
+        """The server's end of the pipe closes without a stop (what `kill -9` of the server does)."""
+        from .chain import SealKey
+        from .verify import verify
+
+        key_file = os.path.join(self.directory, "seal.key")
+        initial = SealKey.create(key_file)
+        pipeline = self.pipeline(AUDIT_SEAL_KEY_FILE=key_file)
+        for n in range(3000):
+            self.say(pipeline, f"say {n}")
+        pipeline._drain()  # sent to the child (no feeder thread: nothing else is)
+        child = pipeline._child
+        child.stdin.close()  # the server is gone: no "stop" message comes
+        self.assertEqual(child.wait(15), 0)
+        pipeline._closed = True  # this test's stand-in for the dead server: nothing to restart
+        texts = [r["text"] for r in read_trail(self.directory) if r.get("kind") == "io"]
+        self.assertEqual(texts, [f"say {n}" for n in range(3000)])
+        report = verify(self.directory, initial)
+        self.assertEqual(report["problems"], [])
+        self.assertGreater(report["unsealed_records"], 0)  # no final seal: not a clean stop
+        # The next start continues the chain, and `verify` says the writer stopped uncleanly.
+        after = self.pipeline(AUDIT_SEAL_KEY_FILE=key_file)
+        self.say(after, "say after")
+        self.assertTrue(after.flush(30))
+        after.stop(10)
+        report = verify(self.directory, initial)
+        self.assertEqual(report["problems"], [])
+        self.assertEqual([note["kind"] for note in report["notes"]], ["crash"])
+        self.assertIn("without closing the chain", report["notes"][0]["detail"])
+
+
 class TestScrubStateAcrossRestart(ProcessCase):
     @needs_hypothesis
     def test_prompt_before_restart_masks_answer_after_it(self):

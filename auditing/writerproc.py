@@ -18,6 +18,8 @@ item names the message).
         ("watch", on)                           send scrubbed events back for the watch feed
         ("stop", timeout)                       deliver for `timeout` s, spill the rest, exit
     child -> parent:
+        ("taken", number, stats)                batches up to `number` were handed to the output,
+                                                some records wait in its retry buffer
         ("ack", number, stats, states, events)  batches up to `number` are delivered or counted
         ("log", level, message)                 a line for the server log
         ("stopped", stats, states)              everything is delivered, spilled or counted
@@ -238,10 +240,10 @@ class WriterChild:
                 message = messages.get(timeout=interval)
             except queue.Empty:
                 self.pipeline._drain()  # retries, due loss records and seals
-                self._ack_if_done()
+                self._ack_or_report()
                 continue
-            if message is None:  # the parent is gone: deliver what we hold, spill the rest
-                self._stop(self.pipeline.stop_timeout)
+            if message is None:  # the server died: deliver what we hold, spill the rest
+                self._stop(self.pipeline.stop_timeout, clean=False)
                 return
             if message[0] == "stop":
                 self._stop(message[1])
@@ -270,7 +272,7 @@ class WriterChild:
             pipeline._drain()
             pipeline.processed = 0  # the parent counts events; here only the queue matters
             self.unacked = number
-            self._ack_if_done()
+            self._ack_or_report()
         elif kind == "import":
             pipeline.builder.import_state(message[1], message[2], time.time())
         elif kind == "policy":
@@ -278,14 +280,21 @@ class WriterChild:
         elif kind == "watch":
             self.relay.on = bool(message[1])
 
+    def _ack_or_report(self):
+        """Acknowledge what is done; else say what was taken (the parent's `flush` need not wait
+        for a retry) with the counters as they are now (`failing`, losses stated meanwhile)."""
+        if not self._ack_if_done() and self.unacked is not None:
+            self._send(("taken", self.unacked, self.stats()))
+
     def _ack_if_done(self):
         """Acknowledge once every record taken so far was delivered or counted lost."""
         pipeline = self.pipeline
         if self.unacked is None or pipeline._pending or pipeline.queue:
-            return
+            return False
         number, self.unacked = self.unacked, None
         self._send(("ack", number, self.stats(), self._states(self.touched), self.relay.take()))
         self.touched = set()
+        return True
 
     def _states(self, conns):
         builder, now = self.pipeline.builder, time.time()
@@ -294,9 +303,9 @@ class WriterChild:
     def stats(self):
         return {key: marshal_safe(value) for key, value in self.pipeline.stats().items()}
 
-    def _stop(self, timeout):
+    def _stop(self, timeout, clean=True):
         pipeline = self.pipeline
-        pipeline.stop(timeout=max(0.0, timeout))
+        pipeline.stop(timeout=max(0.0, timeout), clean=clean)
         try:
             self._send(("stopped", self.stats(), self._states(list(pipeline.builder.states)
                                                               + list(self.touched))))

@@ -13,7 +13,8 @@ alternating rounds, on a real `Pipeline` writing through `to_file` to a temporar
    with no writer running (the floor);
 3. CPU per event in the game's process (all its threads) and, in process mode, in the child: the
    work under the game's interpreter lock, whatever the machine's load does to wall-clock rates;
-4. memory per queued event: tracemalloc over the captured tuples in the deque (the game-side queue,
+4. the child's memory: its peak resident set (VmHWM) at the end of a round;
+5. memory per queued event: tracemalloc over the captured tuples in the deque (the game-side queue,
    the same in both modes), and in process mode the marshal'd batch kept until acknowledged.
 
 Prints a markdown table (paste it into bench/results-writerproc-*.md).
@@ -90,12 +91,25 @@ def one_round(session, work, writer, events):
     elapsed = time.perf_counter() - started
     game_process_cpu = time.process_time() - cpu_before
     child_seconds = child_cpu(child) - child_before
+    child_peak_mb = child_peak_rss_mb(child)
     stats = pipeline.stats()
     pipeline.stop()
     lines = count_lines(directory)
     return {"rate": events / elapsed, "game_us": game_seconds / events * 1e6,
             "game_process_cpu_us": game_process_cpu / events * 1e6,
-            "child_cpu_us": child_seconds / events * 1e6, "lost": stats["lost"], "lines": lines}
+            "child_cpu_us": child_seconds / events * 1e6, "lost": stats["lost"], "lines": lines,
+            "child_peak_mb": child_peak_mb}
+
+
+def child_peak_rss_mb(child):
+    """Peak resident memory of the child so far, MB (Linux /proc VmHWM)."""
+    if child is None:
+        return 0.0
+    with open(f"/proc/{child.pid}/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def child_cpu(child):
@@ -186,6 +200,7 @@ def main():
           f"{med('thread', 'game_process_cpu_us'):.2f} µs/event | "
           f"{med('process', 'game_process_cpu_us'):.2f} µs/event | |")
     print(f"| CPU in the writer process | | {med('process', 'child_cpu_us'):.2f} µs/event | |")
+    print(f"| writer process peak memory (VmHWM) | | {med('process', 'child_peak_mb'):.0f} MB | |")
     print(f"| same loop, nothing draining (floor) | {statistics.median(floors):.2f} µs/event | "
           f"{statistics.median(floors):.2f} µs/event | |")
     print(f"| memory per queued event (captured tuple in the deque) | {queued:.0f} bytes | "
