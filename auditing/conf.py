@@ -75,10 +75,11 @@ Settings (all optional except `SERVER_SESSION_CLASS`, which switches auditing on
 
     # ---- where the built-in outputs' writer runs (auditing.procdelivery, auditing.writerproc)
     AUDIT_WRITER = "process"
-        "thread": `to_file`/`to_syslog` build, scrub, serialise and write on a writer thread of the
-        game's process. "process": they do it in a child process (`python -m auditing.writerproc`),
-        so that work never holds the game's interpreter lock; the game thread's part is unchanged.
-        Custom callbacks always run on the writer thread (they get live objects).
+        "process": `to_file`/`to_syslog` build, scrub, serialise and write in a child process
+        (`python -m auditing.writerproc`), so that work never holds the game's interpreter lock.
+        "thread": they do it on a writer thread of the server process (one process fewer). The game
+        thread's part is the same. Custom callbacks always run on the writer thread (they get live
+        objects).
 """
 
 import dataclasses

@@ -30,7 +30,7 @@ import threading
 import time
 
 from . import pipeline as pipeline_module, writerproc
-from .event import _ip, token as _token
+from .event import _ip, thawed, token as _token
 from .pipeline import _BACKOFF_MAX, _BACKOFF_START, _STOP_GRACE, Pipeline
 from .scrub import Scrubber
 from .secrets import connection_key
@@ -160,6 +160,8 @@ class ProcessPipeline(Pipeline):
         config (conf.AuditConfig): the validated settings (a built-in `AUDIT_CALLBACK`).
         clock (callable): epoch seconds.
     """
+
+    takes_frozen = True  # the service's taps queue kwargs as marshal bytes (`event.frozen`)
 
     def __init__(self, config, clock=time.time):
         self._init_queue(config, clock)  # `processed`: events of batches the child took (for `flush`)
@@ -459,7 +461,7 @@ class ProcessPipeline(Pipeline):
         local = self._local_pipeline()
         if not local._stopping:
             local.stop(timeout=0)
-        local.submit(item)
+        local.submit(thawed(item))
 
     def stats(self):
         """`Pipeline.stats`' counters, from the child's acknowledgements plus this process's own."""

@@ -26,7 +26,7 @@ import time
 
 from . import capture as capture_policy
 from . import conf, hooks, lifecycle
-from .event import RCV, SND, capture
+from .event import RCV, SND, _snapshot, capture, frozen
 from .event import token
 from .registry import ConnectionRegistry
 from .watch import Watchers
@@ -154,11 +154,13 @@ class AuditService:
     def _make_tap(self, direction):
         submit = self.pipeline.submit
         assign = self.registry.assign
+        # The writer process takes kwargs as marshal bytes (`event.frozen`); decided once, here.
+        snapshot = frozen if getattr(self.pipeline, "takes_frozen", False) else _snapshot
 
         def tap(session, kwargs):
             if session.audit_conn is None:  # a session built by hand, not synced from the portal
                 assign(session)
-            submit(capture(session, direction, kwargs))
+            submit(capture(session, direction, kwargs, snapshot=snapshot))
 
         return tap
 

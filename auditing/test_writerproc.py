@@ -232,6 +232,41 @@ class TestGameThread(ProcessCase):
         self.assertIs(pipeline.queue[0], item)
         self.assertIsNone(pipeline._child)  # no child yet: nothing was sent on this thread
 
+    def test_taps_queue_kwargs_frozen_and_the_records_are_the_same(self):
+        """The service's taps hand the writer process marshal bytes (`event.frozen`): a deep copy
+        the game's garbage collector never scans. What marshal refuses keeps a dict copy; a writer
+        thread gets dict copies. The records are the same either way."""
+        import marshal
+
+        from . import service
+
+        records, thing = {}, object()
+        for writer in ("process", "thread"):
+            directory = tempfile.mkdtemp(prefix=f"audit-frozen-{writer}-")
+            self.addCleanup(shutil.rmtree, directory, True)
+            with override_settings(AUDIT_CALLBACK="auditing.outputs.to_file", AUDIT_WRITER=writer,
+                                   AUDIT_IN=True, AUDIT_OUT=True, AUDIT_LOG_DIR=directory,
+                                   AUDIT_SEAL_KEY_FILE=os.path.join(directory, "seal.key")):
+                live = service.AuditService(conf.load())  # not started: the taps only queue
+            self.addCleanup(live.pipeline.stop, 5)
+            options = {"type": "say"}
+            live.tap_in(self.session, {"text": (["say hello"], options)})
+            options["type"] = "changed after the call"  # the copy was taken at the call
+            live.tap_out(self.session, {"text": "look", "thing": thing})
+            first, second = live.pipeline.queue[0][-1], live.pipeline.queue[1][-1]
+            if writer == "process":
+                self.assertEqual(marshal.loads(first), {"text": (["say hello"], {"type": "say"})})
+            else:
+                self.assertEqual(first, {"text": (["say hello"], {"type": "say"})})
+            self.assertIsInstance(second, dict)
+            live.pipeline.start()
+            self.assertTrue(live.pipeline.flush(30))
+            live.pipeline.stop(10)
+            records[writer] = [(r["direction"], r["text"], r.get("data")) for r in read_trail(directory)
+                               if r.get("kind") == "io"]
+        self.assertEqual(records["process"], records["thread"])
+        self.assertEqual([text for _direction, text, _data in records["process"]], ["say hello", "look"])
+
     def test_queue_full_gives_up_oldest_counted(self):
         pipeline = self.pipeline(AUDIT_QUEUE_SIZE=50)
         for n in range(80):

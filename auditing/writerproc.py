@@ -161,6 +161,8 @@ def captured_from_plain(items, whos, stand_ins):
     captured = []
     for when, kind, direction, conn, seq, index, kwargs in items:
         session, account, puppet, room = objects[index]
+        if type(kwargs) is bytes:  # `event.frozen` in the game process
+            kwargs = marshal.loads(kwargs)
         captured.append((when, kind, direction, session, conn, seq, account, puppet, room, kwargs))
     return captured
 

@@ -568,8 +568,12 @@ def breakdown(bench, session, plain_session, events):
     """Where our game-thread time goes, step by step (writer thread not running: no GIL contention)."""
     from auditing import event, service
 
+    import dataclasses
+
     config = our_config("auditing.outputs.to_file", bench.fresh_dir("breakdown"))
-    stub = service.AuditService(config)  # not started: no writer thread, submit only queues
+    # The writer's steps are timed here, in this process: the in-process writer's builder (the
+    # writer process runs the same code). Not started: no writer, submit only queues.
+    stub = service.AuditService(dataclasses.replace(config, writer="thread"))
     pipeline = stub.pipeline
     pipeline.capacity = 10 * events
     kwargs_in = IN_CALLS[0]

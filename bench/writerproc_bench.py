@@ -7,15 +7,16 @@ Reuses bench.py's throwaway game (Django, a room, a logged-in session of our cla
 alternating rounds, on a real `Pipeline` writing through `to_file` to a temporary directory:
 
 1. end to end: a flood of `--events` input events (`capture` + `submit` on this thread, as fast as
-   it goes) until every one is in the file (`flush`): events/s, with lost and lines checked;
+   it goes, kwargs copied as the service's taps copy them for that writer: `event.frozen` for the
+   writer process) until every one is in the file (`flush`): events/s, with lost and lines checked;
 2. game thread in the flood: the wall time this thread spent per event on `capture` + `submit`
    while the writer (thread mode) or the feeder (process mode) works beside it, and the same loop
    with no writer running (the floor);
 3. CPU per event in the game's process (all its threads) and, in process mode, in the child: the
    work under the game's interpreter lock, whatever the machine's load does to wall-clock rates;
 4. the child's memory: its peak resident set (VmHWM) at the end of a round;
-5. memory per queued event: tracemalloc over the captured tuples in the deque (the game-side queue,
-   the same in both modes), and in process mode the marshal'd batch kept until acknowledged.
+5. memory per queued event: tracemalloc over the captured tuples in the deque (the game-side queue),
+   and in process mode the marshal'd batch kept until acknowledged.
 
 Prints a markdown table (paste it into bench/results-writerproc-*.md).
 """
@@ -52,15 +53,22 @@ def make_pipeline(log_dir, writer, events):
     return Pipeline(conf.load())
 
 
-def flood(session, submit, events):
-    """capture + submit `events` times on this thread; seconds spent."""
+def snapshot_for(writer):
+    """How the service's taps copy kwargs for this writer (`event.frozen` for the writer process)."""
+    from auditing.event import _snapshot, frozen
+
+    return frozen if writer == "process" else _snapshot
+
+
+def flood(session, submit, events, snapshot):
+    """capture + submit `events` times on this thread, as the service's tap does; seconds spent."""
     from auditing.event import capture
 
     calls = bench.IN_CALLS
     count = len(calls)
     started = time.perf_counter()
     for i in range(events):
-        submit(capture(session, "RCV", calls[i % count]))
+        submit(capture(session, "RCV", calls[i % count], snapshot=snapshot))
     return time.perf_counter() - started
 
 
@@ -86,7 +94,7 @@ def one_round(session, work, writer, events):
     child_before = child_cpu(child)
     cpu_before = time.process_time()
     started = time.perf_counter()
-    game_seconds = flood(session, pipeline.submit, events)
+    game_seconds = flood(session, pipeline.submit, events, snapshot_for(writer))
     assert pipeline.flush(600), pipeline.stats()
     elapsed = time.perf_counter() - started
     game_process_cpu = time.process_time() - cpu_before
@@ -121,17 +129,18 @@ def child_cpu(child):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def floor_us(session, events):
+def floor_us(session, events, writer):
     """capture + submit with nothing draining the queue (no writer, no feeder)."""
     import collections
 
     queue = collections.deque()
     gc.collect()
-    return flood(session, queue.append, events) / events * 1e6
+    return flood(session, queue.append, events, snapshot_for(writer)) / events * 1e6
 
 
-def memory(session, work, count):
-    """bytes per queued captured tuple; bytes per event of the process mode's kept batches."""
+def memory(session, count, writer):
+    """bytes per queued captured tuple (as this writer's taps queue it); bytes per event of the
+    process mode's kept batches."""
     from auditing.event import capture
     from auditing.procdelivery import Feeder
 
@@ -141,7 +150,9 @@ def memory(session, work, count):
     before = tracemalloc.get_traced_memory()[0]
     import collections
 
-    queue = collections.deque(capture(session, "RCV", calls[i % len(calls)]) for i in range(count))
+    snapshot = snapshot_for(writer)
+    queue = collections.deque(capture(session, "RCV", calls[i % len(calls)], snapshot=snapshot)
+                              for i in range(count))
     used = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
     items = list(queue)
@@ -172,12 +183,15 @@ def main():
     work = tempfile.mkdtemp(prefix="ab-writerproc-")
     results = {"thread": [], "process": []}
     try:
-        floors = [floor_us(session, args.events) for _ in range(args.rounds)]
+        floors = {writer: [floor_us(session, args.events, writer) for _ in range(args.rounds)]
+                  for writer in ("thread", "process")}
         for _ in range(args.rounds):  # alternating: both modes see the same machine load
             for writer in ("thread", "process"):
                 results[writer].append(one_round(session, work, writer, args.events))
                 sys.stderr.write(f"[writerproc] {writer}: {results[writer][-1]}\n")
-        queued, kept = memory(session, work, min(args.events, 100_000))
+        memory_count = min(args.events, 100_000)
+        queued = {writer: memory(session, memory_count, writer) for writer in ("thread", "process")}
+        kept = queued["process"][1]
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -201,10 +215,10 @@ def main():
           f"{med('process', 'game_process_cpu_us'):.2f} µs/event | |")
     print(f"| CPU in the writer process | | {med('process', 'child_cpu_us'):.2f} µs/event | |")
     print(f"| writer process peak memory (VmHWM) | | {med('process', 'child_peak_mb'):.0f} MB | |")
-    print(f"| same loop, nothing draining (floor) | {statistics.median(floors):.2f} µs/event | "
-          f"{statistics.median(floors):.2f} µs/event | |")
-    print(f"| memory per queued event (captured tuple in the deque) | {queued:.0f} bytes | "
-          f"{queued:.0f} bytes | ≤ 512 bytes |")
+    print(f"| same loop, nothing draining (floor) | {statistics.median(floors['thread']):.2f} µs/event | "
+          f"{statistics.median(floors['process']):.2f} µs/event | |")
+    print(f"| memory per queued event (captured tuple in the deque) | {queued['thread'][0]:.0f} bytes | "
+          f"{queued['process'][0]:.0f} bytes | ≤ 512 bytes |")
     print(f"| process mode: marshal'd batch kept until acknowledged | | {kept:.0f} bytes/event | |")
 
 
