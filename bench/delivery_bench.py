@@ -12,8 +12,8 @@ on a real `Pipeline`:
    `pthread_getcpuclockid`), and end-to-end events/s, with 0 lost checked in the files;
 4. bounded stop: `--queued` events behind a callback sleeping 50 ms, `AUDIT_STOP_TIMEOUT` = 10 s: how
    long `stop()` takes, the spill file's size, and how long the next start takes to deliver it;
-5. for the writer-process design (issue 10 item 6, not built yet): what would stay in the game's
-   interpreter, i.e. turning captured tuples into plain tuples (the live objects' names looked up
+5. the prototype of the writer-process design (now `AUDIT_WRITER = "process"`, measured as built
+   by `bench/writerproc_bench.py`): what would stay in the game's interpreter, i.e. turning captured tuples into plain tuples (the live objects' names looked up
    once per change, cached per connection) and `marshal.dumps` of a 4,096-event batch, per event.
 
 Prints a markdown table (paste it into bench/results-*.md).
@@ -47,8 +47,9 @@ def make_pipeline(callback, log_dir, **settings_values):
     from auditing import conf
     from auditing.pipeline import Pipeline
 
+    # The writer thread's figures (`bench/writerproc_bench.py` compares it with the writer process).
     for name, value in {"AUDIT_IN": True, "AUDIT_OUT": True, "AUDIT_CALLBACK": callback,
-                        "AUDIT_LOG_DIR": log_dir, **settings_values}.items():
+                        "AUDIT_LOG_DIR": log_dir, "AUDIT_WRITER": "thread", **settings_values}.items():
         setattr(settings, name, value)
     conf.reset()
     return Pipeline(conf.load())
