@@ -529,8 +529,10 @@ else:
                 self.assertFalse(contains(dumped, secret), f"secret {secret!r} in {dumped}")
 
         def distinct(self, secret, *context):
-            """Skip secrets that are part of the fixed text around them (not a leak if seen)."""
-            references = [dumps({**event, "text": " ".join(context)}) for event in self.references]
+            """Skip secrets that are part of the fixed text around them, or of that text masked as
+            it should be (not a leak if seen: `***"` is in `"connect bob ********"`)."""
+            texts = (" ".join(context), " ".join(context + (MASK,)))
+            references = [dumps({**event, "text": text}) for event in self.references for text in texts]
             assume(not any(contains(reference, secret) for reference in references))
 
         @property
@@ -545,6 +547,8 @@ else:
         def test_command_forms(self):
             @PROFILE
             @given(secret=SECRETS, form=st.sampled_from(COMMAND_FORMS), audit=SETTINGS)
+            # Found by CI: a "secret" that the correctly masked record holds anyway.
+            @hypothesis.example(secret='***"', form=(False, "connect bob {s}"), audit=(True, True))
             def example(secret, form, audit):
                 logged_in, template = form
                 if template == LONE_ARGUMENT:
