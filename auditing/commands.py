@@ -36,7 +36,9 @@ SESSIONS_LIMIT = 10
 MAX_LIMIT = 200
 READ_BUDGET = 5.0  # seconds one look at the trail may take (off the reactor thread)
 SESSION_SCAN_RECORDS = 20_000  # newest records of an account searched for its connections
-FLUSH_TIMEOUT = 0.5  # seconds waited for the writer, so what was just typed is in the files
+# Seconds waited for the writer, so what was just typed is in the files (off the reactor thread;
+# the writer process may still be starting just after a reload).
+FLUSH_TIMEOUT = 3.0
 
 # Runs `function` off the reactor thread and returns a Deferred (a seam for tests).
 defer_to_thread = threads.deferToThread

@@ -188,6 +188,11 @@ class ProcessPipeline(Pipeline):
         self._after_stop = None
         self._closed = False
 
+    def start(self):
+        """Start the feeder thread; it starts the child at once, not after the first flush interval."""
+        self._wake.set()
+        return super().start()
+
     # ---------------------------------------------------------------- child process
 
     def _spawn(self):
